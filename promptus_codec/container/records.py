@@ -73,6 +73,11 @@ class QuantScheme(enum.IntEnum):
     AFFINE_INT8 = 1  # value = scale * (q - zero_point), q int8, computed in float32
 
 
+def as_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32: every float field of the format is one."""
+    return float(np.float32(value))
+
+
 LATENT_DTYPES = {
     LatentFormat.FLOAT32: np.dtype("<f4"),
     LatentFormat.FLOAT16: np.dtype("<f2"),
@@ -129,6 +134,10 @@ class GenerationConstants:
     timestep: int = 999  # SD-Turbo's single step
     alpha_cumprod: float = 0.00466009508818388  # scaled-linear DDPM schedule at t=999, a float32
     prediction_type: PredictionType = PredictionType.EPSILON
+
+    def __post_init__(self):
+        for name in ("latent_weight", "noise_weight", "alpha_cumprod"):
+            object.__setattr__(self, name, as_float32(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,9 @@ class SceneRecord:
     latent_scale: float  # 1.0 for float formats
     latent: np.ndarray  # (C, H, W) float32 | float16 | int8
 
+    def __post_init__(self):
+        self.latent_scale = as_float32(self.latent_scale)
+
     def latent_float32(self) -> np.ndarray:
         """The latent as float32 values (spec §6.1.1)."""
         if self.latent_format == LatentFormat.INT8:
@@ -219,6 +231,10 @@ class KeyframeRecord:
     v_zero_point: float
     u: np.ndarray  # (m, r) int8
     v: np.ndarray  # (r, n) int8
+
+    def __post_init__(self):
+        for name in ("u_scale", "u_zero_point", "v_scale", "v_zero_point"):
+            setattr(self, name, as_float32(getattr(self, name)))
 
     record_type = RecordType.KEYFRAME
 
