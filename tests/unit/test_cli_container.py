@@ -1,0 +1,140 @@
+"""`promptus inspect` and `promptus validate`: through CliRunner and as real subprocesses."""
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from promptus_codec.cli import main
+from promptus_codec.container.records import (
+    FileHeader,
+    GenerationConstants,
+    KeyframeRecord,
+    LatentFormat,
+    ModelIdentity,
+    QuantScheme,
+    SceneRecord,
+    SourceGeometry,
+)
+from promptus_codec.container.writer import write_prx
+
+M, N, RANK = 77, 1024, 8
+
+
+def make_stream(path, keyframes=(0, 10, 20), fps=Fraction(30)):
+    rng = np.random.default_rng(7)
+    header = FileHeader(
+        coded_width=64,
+        coded_height=64,
+        geometry=SourceGeometry.identity(64, 64),
+        frame_rate=fps,
+        frame_count=keyframes[-1] + 1,
+        prompt_tokens=M,
+        prompt_dim=N,
+        latent_channels=4,
+        latent_height=8,
+        latent_width=8,
+        generation=GenerationConstants(),
+        model=ModelIdentity("tiny", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32),
+    )
+    records = [SceneRecord(0, LatentFormat.FLOAT16, 1.0, rng.standard_normal((4, 8, 8)).astype(np.float16))]
+    for k in keyframes:
+        u = rng.integers(-128, 128, (M, RANK), dtype=np.int8)
+        v = rng.integers(-128, 128, (RANK, N), dtype=np.int8)
+        records.append(KeyframeRecord(k, RANK, QuantScheme.AFFINE_INT8, 0.02, -3.0, 0.1, 5.0, u, v))
+    write_prx(path, header, records)
+    return header
+
+
+@pytest.fixture
+def stream(tmp_path):
+    path = tmp_path / "s.prx"
+    make_stream(path)
+    return path
+
+
+def test_inspect_accounts_for_every_byte(stream):
+    result = CliRunner().invoke(main, ["inspect", str(stream), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    size = stream.stat().st_size
+    assert doc["frame_count"] == 21 and doc["complete"] is True
+    assert doc["bytes"]["prompt"] == 3 * RANK * (M + N)
+    assert doc["bytes"]["latent"] == 4 * 8 * 8 * 2  # float16
+    assert doc["bytes"]["prompt"] + doc["bytes"]["latent"] + doc["bytes"]["overhead"] == size
+    assert doc["kbps"]["total"] == pytest.approx(size * 8 / (21 / 30) / 1000)
+    assert [k["rank"] for k in doc["keyframes"]] == [RANK] * 3
+    assert doc["model"]["denoiser_sha256"] == "01" * 32
+
+
+def test_inspect_text_reports_truncation(stream, tmp_path):
+    cut = tmp_path / "cut.prx"
+    cut.write_bytes(stream.read_bytes()[:-30])
+    result = CliRunner().invoke(main, ["inspect", str(cut)])
+    assert result.exit_code == 0
+    assert "TRUNCATED" in result.output and "21 frames are complete" in result.output
+
+
+def test_validate_ok_and_invalid(stream, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(main, ["validate", str(stream)])
+    assert ok.exit_code == 0 and "OK: 21 frames, 1 scenes, 3 keyframes" in ok.output
+    data = bytearray(stream.read_bytes())
+    data[300] ^= 0x10
+    bad = tmp_path / "bad.prx"
+    bad.write_bytes(bytes(data))
+    result = runner.invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "CrcMismatchError" in result.output
+    missing = runner.invoke(main, ["validate", str(tmp_path / "none.prx")])
+    assert missing.exit_code == 1 and "INVALID: cannot read" in missing.output
+
+
+def test_inspect_bad_file_is_one_line(tmp_path):
+    junk = tmp_path / "junk.prx"
+    junk.write_bytes(b"hello world, this is not a prx file")
+    result = CliRunner().invoke(main, ["inspect", str(junk)])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: not a .prx file: the signature is wrong (at byte 0)"
+
+
+@pytest.mark.parametrize("command", ["inspect", "validate"])
+def test_runs_without_torch_in_subprocess(stream, command):
+    """The base install is enough: torch is never imported by inspect or validate."""
+    code = (
+        "import sys\n"
+        "from promptus_codec.cli import main\n"
+        f"try:\n    main([{command!r}, {str(stream)!r}])\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('TORCH-FREE')\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "TORCH-FREE" in done.stdout
+
+
+def test_every_subcommand_has_help():
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0
+    for name in main.commands:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Usage:" in result.output
+
+
+def test_shim_and_console_script_agree(stream):
+    """`python cli.py` behaves like the installed `promptus`."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    shim = subprocess.run([sys.executable, str(root / "cli.py"), "validate", str(stream)], capture_output=True, text=True)
+    real = subprocess.run([sys.executable, "-m", "promptus_codec.cli", "validate", str(stream)], capture_output=True, text=True)
+    assert shim.returncode == real.returncode == 0
+    assert shim.stdout == real.stdout
