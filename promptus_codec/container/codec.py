@@ -24,6 +24,7 @@ from promptus_codec.container.records import (
     GenerationConstants,
     KeyframeRecord,
     LatentFormat,
+    PaddingRecord,
     ModelIdentity,
     NoiseGenerator,
     PredictionType,
@@ -317,6 +318,8 @@ def record_to_bytes(record: Record, header: FileHeader) -> bytes:
             schema.quality_payload,
             dict(first_frame=record.first_frame, frame_count=len(record.psnr_db), psnr_db=record.psnr_db, loss=record.loss),
         )
+    elif isinstance(record, PaddingRecord):
+        payload = bytes(record.size)
     elif isinstance(record, UnknownAncillaryRecord):
         payload = record.payload
     else:
@@ -389,6 +392,8 @@ def record_from_payload(record_type: int, payload: bytes, header: FileHeader, of
         _expect_length(len(payload), schema.QUALITY_FIXED_SIZE + count * schema.QUALITY_PER_FRAME, "Quality", offset)
         p = schema.parse(schema.quality_payload, payload, offset)
         return QualityRecord(p.first_frame, tuple(p.psnr_db), tuple(p.loss))
+    if record_type == RecordType.PADDING:
+        return PaddingRecord(len(payload))  # contents are ignored (spec §6.7)
     if is_ancillary(record_type):
         return UnknownAncillaryRecord(record_type, bytes(payload))
     raise UnknownCriticalRecordError(f"unknown critical record type 0x{record_type:04x}", offset)

@@ -27,6 +27,7 @@ class RecordType(enum.IntEnum):
     ENCODER_SETTINGS = 0x8001
     SEEK_INDEX = 0x8002
     QUALITY = 0x8003
+    PADDING = 0x8004
 
 
 ANCILLARY_BIT = 0x8000
@@ -290,6 +291,15 @@ class QualityRecord:
 
 
 @dataclass(frozen=True)
+class PaddingRecord:
+    """Zero bytes that make a stream hit its target size exactly (spec §6.7)."""
+
+    size: int  # payload bytes
+
+    record_type = RecordType.PADDING
+
+
+@dataclass(frozen=True)
 class UnknownAncillaryRecord:
     """An ancillary record this reader does not know; kept so it can be rewritten."""
 
@@ -304,5 +314,6 @@ Record = (
     | EncoderSettingsRecord
     | SeekIndexRecord
     | QualityRecord
+    | PaddingRecord
     | UnknownAncillaryRecord
 )

@@ -1,0 +1,163 @@
+"""The decode driver: records in, frames out, one interval at a time (format_spec.md §9).
+
+    .prx --PrxReader--> Scene ─────────────┐ z_prev = scene latent
+                        Keyframe k0 ───────┤ frame k0 from c(k0), noisy(z_prev); z_prev = x0(k0)
+                        Keyframe k1 ───────┤ frames k0+1..k1 from interpolated prompts,
+                        ...                │ all from one noisy(z_prev); z_prev = x0(k1)
+                                           └─> runtime.generate(...) -> frames, written as they come
+
+This module is torch-free: prompt math and noise are numpy, and a *runtime* (PyTorch,
+ONNX Runtime or TensorRT) does the generation step. The encoder's closed loop calls
+:func:`decode_interval` too, so the encoder's own reconstruction and every decoder run
+the same code.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from promptus_codec.container.reader import PrxReader
+from promptus_codec.container.records import (
+    FileHeader,
+    KeyframeRecord,
+    ModelIdentity,
+    QuantScheme,
+    SceneRecord,
+)
+from promptus_codec.errors import ModelMismatchError
+from promptus_codec.noise import initial_noise
+from promptus_codec.prompt import Factors, dequantize, interval_prompts
+
+UNKNOWN_DIGEST = bytes(32)
+DEFAULT_MAX_BATCH = 16  # frames per runtime call; every chunk shares the interval's noisy input
+
+
+class Runtime(Protocol):
+    """One generation step, on any backend (see promptus_codec.generate for the math)."""
+
+    name: str
+
+    def identity(self) -> ModelIdentity:
+        """The loaded model's name and fingerprints."""
+
+    def generate(self, z_prev: np.ndarray, noise: np.ndarray, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(1, C, h, w), (1, C, h, w), (B, m, n) float32 -> latents (B, C, h, w), images (B, 3, H, W) in [0, 1]."""
+
+
+def check_model(header: FileHeader, model: ModelIdentity, warn=None) -> None:
+    """Refuse a stream made for other weights, naming both models.
+
+    A stream whose digests are all zero (imported from the reference, spec §3.5) is matched
+    by model name alone, with a warning.
+    """
+    stream = header.model
+    digests = (stream.denoiser_sha256, stream.decoder_sha256, stream.encoder_sha256)
+    if all(d == UNKNOWN_DIGEST for d in digests):
+        if stream.name != model.name:
+            raise ModelMismatchError(f"stream was made for model {stream.name!r}, but {model.name!r} is loaded")
+        if warn:
+            warn(f"stream carries no weight fingerprints; trusting its model name {stream.name!r}")
+        return
+    if (stream.denoiser_sha256, stream.decoder_sha256) != (model.denoiser_sha256, model.decoder_sha256):
+        raise ModelMismatchError(
+            f"stream was made for {stream.short()}, but the loaded model is {model.short()}: "
+            f"decode with --model {stream.name} and the same weights"
+        )
+
+
+def dequantized_factors(record: KeyframeRecord) -> Factors:
+    """u (m, r) and v (r, n) as float32 (spec §6.2.1)."""
+    assert record.quant_scheme == QuantScheme.AFFINE_INT8
+    return Factors(
+        record.frame_index,
+        dequantize(record.u, record.u_scale, record.u_zero_point),
+        dequantize(record.v, record.v_scale, record.v_zero_point),
+    )
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8, rounding half to even."""
+    return np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+@dataclass
+class Interval:
+    """Frames ``first_frame .. first_frame + len(images) - 1`` and the next z_prev."""
+
+    first_frame: int
+    images: np.ndarray  # (B, H, W, 3) uint8
+    next_latent: np.ndarray  # (1, C, h, w) float32: x0 of the interval's last frame (a keyframe)
+
+
+def decode_interval(
+    runtime: Runtime,
+    z_prev: np.ndarray,
+    noise: np.ndarray,
+    previous: Factors | None,
+    following: Factors,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Interval:
+    """Generate the frames after ``previous`` up to keyframe ``following`` (spec §9).
+
+    ``previous`` None means ``following`` opens a scene: one frame, from the scene latent.
+    """
+    if previous is None:
+        prompts = following.prompt()[None]  # (1, m, n)
+        first = following.frame_index
+    else:
+        prompts = interval_prompts(previous, following)  # (K, m, n)
+        first = previous.frame_index + 1
+    images, last_latent = [], None
+    for start in range(0, len(prompts), max_batch):
+        latents, chunk = runtime.generate(z_prev, noise, np.ascontiguousarray(prompts[start : start + max_batch]))
+        images.append(to_uint8(chunk))
+        last_latent = latents[-1:]
+    return Interval(first, np.concatenate(images), last_latent.astype(np.float32))
+
+
+@dataclass
+class DecodeReport:
+    frames: int = 0
+    frames_expected: int | None = None  # from the header or End record; None = unknown
+    truncation: str | None = None
+
+    @property
+    def frames_lost(self) -> int | None:
+        return None if self.frames_expected is None else self.frames_expected - self.frames
+
+
+def decode_frames(
+    reader: PrxReader, runtime: Runtime, report: DecodeReport | None = None, max_batch: int = DEFAULT_MAX_BATCH, warn=None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_index, (H, W, 3) uint8) in display order as records arrive.
+
+    A truncated stream yields every complete interval and records the loss in ``report``.
+    """
+    header = reader.header
+    check_model(header, runtime.identity(), warn)
+    report = report if report is not None else DecodeReport()
+    report.frames_expected = header.frame_count or None
+    noise = initial_noise(header.generation.noise_seed, header.latent_shape, header.generation.noise_generator)
+    z_prev, previous = None, None
+    for record in reader:
+        if isinstance(record, SceneRecord):
+            z_prev, previous = record.latent_float32()[None], None  # (1, C, h, w)
+        elif isinstance(record, KeyframeRecord):
+            following = dequantized_factors(record)
+            interval = decode_interval(runtime, z_prev, noise, previous, following, max_batch)
+            for offset, image in enumerate(interval.images):
+                report.frames += 1
+                yield interval.first_frame + offset, image
+            z_prev, previous = interval.next_latent, following
+    if reader.end is not None:
+        report.frames_expected = reader.end.frame_count
+    if reader.truncation is not None:
+        report.truncation = reader.truncation.describe()
+
+
+def warn_stderr(message: str) -> None:
+    print(f"promptus: warning: {message}", file=sys.stderr)
