@@ -7,7 +7,13 @@ package, and planning geometry, works with the base install.
 from promptus_codec.media.color import rgb_to_yuv
 from promptus_codec.media.geometry import apply_geometry, plan_geometry, resize, restore_geometry
 from promptus_codec.media.readers import VideoSource, open_video
-from promptus_codec.media.writers import FrameWriter, Mp4Writer, PngDirWriter, Y4MWriter, open_writer
+from promptus_codec.media.writers import (
+    FrameWriter,
+    Mp4Writer,
+    PngDirWriter,
+    Y4MWriter,
+    open_writer,
+)
 
 __all__ = [
     "FrameWriter",

@@ -22,6 +22,13 @@ KG = 1.0 - KR - KB
 PIX_FMTS = {"420": "yuv420p", "444": "yuv444p"}  # chroma -> FFmpeg pixel format
 
 
+def pix_fmt(chroma: str) -> str:
+    """The FFmpeg pixel format of a chroma ("420" or "444"); MediaError for any other."""
+    if chroma not in PIX_FMTS:
+        raise MediaError(f"unknown chroma {chroma!r}: choose one of {', '.join(PIX_FMTS)}")
+    return PIX_FMTS[chroma]
+
+
 def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
@@ -38,8 +45,7 @@ def rgb_to_yuv(frame: np.ndarray, chroma: str = "420") -> tuple[np.ndarray, np.n
 
     Y is (H, W); Cb and Cr are (H, W) for chroma "444" and (ceil(H/2), ceil(W/2)) for "420".
     """
-    if chroma not in PIX_FMTS:
-        raise MediaError(f"unknown chroma {chroma!r}: choose one of {', '.join(PIX_FMTS)}")
+    pix_fmt(chroma)  # checks it
     rgb = frame.astype(np.float64)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # (H, W) each
     luma = KR * r + KG * g + KB * b  # (H, W), 0..255

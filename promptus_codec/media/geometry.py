@@ -29,7 +29,9 @@ def _round_div(a: int, b: int) -> int:
 
 def _nearest_multiple(value, multiple: int) -> int:
     """The positive multiple of ``multiple`` nearest to ``value`` (for error messages)."""
-    return max(multiple, round(float(value) / multiple) * multiple)
+    if not isinstance(value, (int, float)):
+        return multiple
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def _centred(inner_w: int, inner_h: int, outer_w: int, outer_h: int) -> Rect:
@@ -105,11 +107,9 @@ def plan_geometry(
 
     whole_source = source_rect == Rect(0, 0, source_width, source_height)
     whole_coded = coded_rect == Rect(0, 0, coded_w, coded_h)
-    if whole_source and whole_coded:
-        mode = FitMode.SCALE
-    else:
-        mode = FITS[fit]
-    return coded_w, coded_h, SourceGeometry(source_width, source_height, mode, source_rect, coded_rect)
+    mode = FitMode.SCALE if whole_source and whole_coded else FITS[fit]
+    geometry = SourceGeometry(source_width, source_height, mode, source_rect, coded_rect)
+    return coded_w, coded_h, geometry
 
 
 def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -40,7 +40,9 @@ class VideoSource:
     Iterating raises MediaError("<name> has no frames") when the video yields none.
     """
 
-    def __init__(self, name: str, width: int, height: int, frame_rate: Fraction, frame_count: int | None):
+    def __init__(
+        self, name: str, width: int, height: int, frame_rate: Fraction, frame_count: int | None
+    ):
         self.name = name
         self.width = width
         self.height = height
@@ -83,16 +85,22 @@ class PyAVSource(VideoSource):
             self._container = av.open(file, "r", format=format)
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise MediaError(f"cannot read {name} as video: {_reason(exc)}") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise MediaError(f"{name} has no video stream")
-        self._stream = stream = self._container.streams.video[0]
+        streams = self._container.streams.video
+        if not streams:
+            self._fail(f"{name} has no video stream")
+        if streams[0].codec_context is None:  # unknown codec, or its parameters are lost
+            self._fail(f"cannot read {name} as video: no decoder for its video stream")
+        self._stream = stream = streams[0]
         stream.thread_type = "AUTO"
         rate = fps or stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or stream.width <= 0 or stream.height <= 0:
-            self._container.close()
-            raise MediaError(f"cannot read {name} as video: no frame size or frame rate")
-        super().__init__(name, stream.width, stream.height, Fraction(rate), stream.frames or None)
+            self._fail(f"cannot read {name} as video: no frame size or frame rate")
+        frame_count = stream.frames or None  # 0 = the container does not say
+        super().__init__(name, stream.width, stream.height, Fraction(rate), frame_count)
+
+    def _fail(self, message: str):
+        self._container.close()
+        raise MediaError(message)
 
     def _frames(self) -> Iterator[np.ndarray]:
         av = require("av", "media")
@@ -131,7 +139,9 @@ class ImageFolderSource(VideoSource):
             raise MediaError(f"{folder} has no PNG or JPEG frames")
         self._paths = [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
         first = read_image(self._paths[0])
-        super().__init__(folder, first.shape[1], first.shape[0], Fraction(fps or DEFAULT_FOLDER_FPS), len(self._paths))
+        height, width = first.shape[:2]
+        rate = Fraction(fps or DEFAULT_FOLDER_FPS)
+        super().__init__(folder, width, height, rate, len(self._paths))
 
     def _frames(self) -> Iterator[np.ndarray]:
         for path in self._paths:

@@ -22,7 +22,7 @@ from fractions import Fraction
 import numpy as np
 
 from promptus_codec.errors import MediaError, require
-from promptus_codec.media.color import PIX_FMTS, rgb_to_yuv
+from promptus_codec.media.color import pix_fmt, rgb_to_yuv
 
 BT601_COLORSPACE = 6  # AVCOL_SPC_SMPTE170M: the BT.601 matrix
 LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
@@ -51,7 +51,7 @@ class FrameWriter:
         muxer_options: dict[str, str] | None = None,
         folder_pattern: str | None = None,
     ):
-        self.av = require("av", "media")
+        self._av = require("av", "media")
         self.path = path
         self.width, self.height = width, height
         self.frame_rate = Fraction(frame_rate)
@@ -75,13 +75,13 @@ class FrameWriter:
         parent = os.path.dirname(target)
         if not os.path.isdir(parent):
             raise MediaError(f"cannot write {self.path}: folder {parent} does not exist")
-        if self._as_folder:
-            if os.path.exists(target) and not (os.path.isdir(target) and not os.listdir(target)):
-                raise MediaError(
-                    f"{self.path} already exists and is not an empty folder: remove it or pick another"
-                )
-        elif os.path.isdir(target):
+        if not self._as_folder and os.path.isdir(target):
             raise MediaError(f"cannot write {self.path}: it is a folder")
+        empty_folder = os.path.isdir(target) and not os.listdir(target)
+        if self._as_folder and os.path.exists(target) and not empty_folder:
+            raise MediaError(
+                f"{self.path} already exists and is not an empty folder: remove it or pick another"
+            )
         return target
 
     def _make_temp(self) -> str:
@@ -116,19 +116,19 @@ class FrameWriter:
         else:
             self._temp = file = self._make_temp()
         try:
-            self._container = self.av.open(file, "w", format=muxer, options=muxer_options)
+            self._container = self._av.open(file, "w", format=muxer, options=muxer_options)
             stream = self._container.add_stream(codec, rate=self.frame_rate, options=codec_options)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             if pix_fmt.startswith("yuv"):
                 stream.codec_context.colorspace = BT601_COLORSPACE
                 stream.codec_context.color_range = LIMITED_RANGE
-        except (self.av.FFmpegError, OSError) as exc:
+        except (self._av.FFmpegError, OSError) as exc:
             raise MediaError(f"cannot write {self.path}: {exc}") from None
         self._stream = stream
 
     def _video_frame(self, frame: np.ndarray):
         """RGB (H, W, 3) uint8 -> av.VideoFrame in the stream's pixel format."""
-        return self.av.VideoFrame.from_ndarray(frame, format="rgb24")
+        return self._av.VideoFrame.from_ndarray(frame, format="rgb24")
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 (H, W, 3) frame."""
@@ -152,7 +152,7 @@ class FrameWriter:
         try:
             for packet in self._stream.encode(video_frame):
                 self._container.mux(packet)
-        except (self.av.FFmpegError, OSError) as exc:
+        except (self._av.FFmpegError, OSError) as exc:
             raise MediaError(f"cannot write {self.path}: {exc}") from None
 
     def close(self) -> None:
@@ -166,12 +166,15 @@ class FrameWriter:
             self._container.close()
             if self._target is None:
                 sys.stdout.buffer.flush()
+            else:
+                self._commit()
+        except (self._av.FFmpegError, OSError) as exc:
+            self.abort()
+            raise MediaError(f"cannot write {self.path}: {exc}") from None
         except BaseException:
             self.abort()
             raise
         self._closed = True
-        if self._target is not None:
-            self._commit()
 
     def abort(self) -> None:
         """Stop writing and delete the partial output; the target is left as it was."""
@@ -181,7 +184,7 @@ class FrameWriter:
         if self._container is not None:
             try:
                 self._container.close()
-            except (self.av.FFmpegError, OSError):
+            except (self._av.FFmpegError, OSError):
                 pass
         self._discard()
 
@@ -202,7 +205,7 @@ class _YuvWriter(FrameWriter):
 
     def _video_frame(self, frame: np.ndarray):
         planes = rgb_to_yuv(frame, self.chroma)  # Y (H, W), Cb, Cr
-        out = self.av.VideoFrame(self.width, self.height, PIX_FMTS[self.chroma])
+        out = self._av.VideoFrame(self.width, self.height, pix_fmt(self.chroma))
         for plane, data in zip(out.planes, planes):
             padded = np.zeros((plane.height, plane.line_size), np.uint8)  # rows are padded
             padded[:, : plane.width] = data
@@ -213,16 +216,22 @@ class _YuvWriter(FrameWriter):
 
 
 class Y4MWriter(_YuvWriter):
-    """Raw YUV4MPEG2 (.y4m), 4:2:0 or 4:4:4; ``path`` "-" writes to stdout."""
+    """Raw YUV4MPEG2 (.y4m), 4:2:0 or 4:4:4, BT.601 limited range (see media.color);
+    ``path`` "-" writes to stdout."""
 
-    def __init__(self, path: str, width: int, height: int, frame_rate: Fraction, chroma: str = "420"):
-        if chroma not in PIX_FMTS:
-            raise MediaError(f"unknown chroma {chroma!r}: choose one of {', '.join(PIX_FMTS)}")
+    def __init__(
+        self, path: str, width: int, height: int, frame_rate: Fraction, chroma: str = "420"
+    ):
         self.chroma = chroma
         super().__init__(
-            path, width, height, frame_rate,
-            muxer="yuv4mpegpipe", codec="rawvideo", pix_fmt=PIX_FMTS[chroma],
-        )  # fmt: skip
+            path,
+            width,
+            height,
+            frame_rate,
+            muxer="yuv4mpegpipe",
+            codec="rawvideo",
+            pix_fmt=pix_fmt(chroma),
+        )
 
 
 class Mp4Writer(_YuvWriter):
@@ -237,21 +246,38 @@ class Mp4Writer(_YuvWriter):
         if not 0 <= crf <= 51:
             raise MediaError(f"crf {crf} is outside 0..51")
         super().__init__(
-            path, width, height, frame_rate,
-            muxer="mp4", codec="libx264", pix_fmt="yuv420p", codec_options={"crf": str(crf)},
-        )  # fmt: skip
+            path,
+            width,
+            height,
+            frame_rate,
+            muxer="mp4",
+            codec="libx264",
+            pix_fmt="yuv420p",
+            codec_options={"crf": str(crf)},
+        )
 
 
 class PngDirWriter(FrameWriter):
     """A folder of RGB PNGs named frame_00000.png, frame_00001.png, ... (lossless)."""
 
-    def __init__(self, folder: str, width: int | None = None, height: int | None = None,
-                 frame_rate: Fraction = Fraction(30)):  # fmt: skip
+    def __init__(
+        self,
+        folder: str,
+        width: int | None = None,
+        height: int | None = None,
+        frame_rate: Fraction = Fraction(30),
+    ):
         super().__init__(
-            folder, width, height, frame_rate,
-            muxer="image2", codec="png", pix_fmt="rgb24", muxer_options={"start_number": "0"},
+            folder,
+            width,
+            height,
+            frame_rate,
+            muxer="image2",
+            codec="png",
+            pix_fmt="rgb24",
+            muxer_options={"start_number": "0"},
             folder_pattern=PNG_PATTERN,
-        )  # fmt: skip
+        )
 
 
 def open_writer(

@@ -1,6 +1,6 @@
 """Helpers for the media tests: small synthetic frames, and files made with PyAV directly.
 
-Imported by the test modules (pytest puts this folder on sys.path); skips them without PyAV.
+Importing it skips the importing test module when PyAV is not installed.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def write_image(path, rgb: np.ndarray, codec: str = "png") -> None:
     ctx.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
     ctx.time_base = Fraction(1, 25)
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-    data = b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(bytes(p) for p in ctx.encode(None))
-    Path(path).write_bytes(data)
+    packets = ctx.encode(frame) + ctx.encode(None)
+    Path(path).write_bytes(b"".join(bytes(p) for p in packets))
 
 
 def decoded_planes(path) -> list[list[np.ndarray]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-pytest.importorskip("av")  # resize() needs it
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +16,8 @@ from promptus_codec.media.geometry import (
     resize,
     restore_geometry,
 )
+
+pytest.importorskip("av")  # resize() needs it
 
 # (source size, coded size, crop source_rect, pad coded_rect), worked out by hand:
 # long side = round(long * 512 / short / 64) * 64; crop keeps the coded aspect ratio.

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from media_helpers import av, decoded_planes, gradient_frames, noise_frames
+from .media_helpers import av, decoded_planes, gradient_frames, noise_frames
 
 from promptus_codec.errors import MediaError
 from promptus_codec.media.color import rgb_to_yuv
@@ -23,7 +23,8 @@ from promptus_codec.media.writers import (
 
 
 def test_rgb_to_yuv_known_colours():
-    colours = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
+    black, white, red, green, blue = [0, 0, 0], [255] * 3, [255, 0, 0], [0, 255, 0], [0, 0, 255]
+    colours = np.array([[black, white, red, green, blue]], np.uint8)  # (1, 5, 3)
     y, cb, cr = rgb_to_yuv(colours, "444")  # each (1, 5)
     assert y.tolist() == [[16, 235, 81, 145, 41]]
     assert cb.tolist() == [[128, 128, 90, 54, 240]]
@@ -60,23 +61,26 @@ def test_y4m_reads_back_bit_exact(tmp_path, chroma, size):
     assert os.listdir(tmp_path) == ["out.y4m"]  # no temporary file left
 
 
+STDOUT_SCRIPT = """
+import numpy as np
+from fractions import Fraction
+from promptus_codec.media.writers import open_writer
+frames = (np.arange(2 * 48 * 64 * 3) % 251).astype(np.uint8).reshape(2, 48, 64, 3)
+with open_writer("-", 64, 48, Fraction(24)) as writer:
+    for frame in frames:
+        writer.write(frame)
+"""
+
+
 def test_y4m_to_stdout_matches_file(tmp_path):
+    frames = (np.arange(2 * 48 * 64 * 3) % 251).astype(np.uint8).reshape(2, 48, 64, 3)
     path = tmp_path / "file.y4m"
     with Y4MWriter(str(path), 64, 48, Fraction(24)) as writer:
-        for frame in gradient_frames(2):
+        for frame in frames:
             writer.write(frame)
-    script = (
-        "from fractions import Fraction\n"
-        "from promptus_codec.media.writers import open_writer\n"
-        "from media_helpers import gradient_frames\n"
-        "with open_writer('-', 64, 48, Fraction(24)) as w:\n"
-        "    for f in gradient_frames(2):\n"
-        "        w.write(f)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=os.path.dirname(__file__), capture_output=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", STDOUT_SCRIPT], capture_output=True, check=True)
     assert out.stdout == path.read_bytes()
+    assert out.stdout.count(b"FRAME\n") == 2
 
 
 def test_mp4(tmp_path):
@@ -183,6 +187,8 @@ def test_successful_write_replaces_target(tmp_path):
 
 
 def test_writer_errors(tmp_path):
+    with pytest.raises(MediaError, match="unknown chroma '422': choose one of 420, 444"):
+        Y4MWriter(str(tmp_path / "a.y4m"), 64, 48, Fraction(25), chroma="422")
     with pytest.raises(MediaError, match="no frames were written"):
         with Mp4Writer(str(tmp_path / "a.mp4"), 64, 48, Fraction(25)):
             pass
@@ -193,15 +199,22 @@ def test_writer_errors(tmp_path):
     assert os.listdir(tmp_path) == []
     with pytest.raises(MediaError, match="does not exist"):
         Y4MWriter(str(tmp_path / "nope" / "a.y4m"), 64, 48, Fraction(25))
+    with pytest.raises(MediaError, match="it is a folder"):
+        Mp4Writer(str(tmp_path), 64, 48, Fraction(25))
     with pytest.raises(MediaError, match="not positive"):
         Y4MWriter(str(tmp_path / "a.y4m"), 64, 48, Fraction(0))
 
 
 @pytest.mark.parametrize(
     "name, kind",
-    [("-", Y4MWriter), ("a.y4m", Y4MWriter), ("a.MP4", Mp4Writer), ("frames", PngDirWriter),
-     ("frames.d/", PngDirWriter)],
-)  # fmt: skip
+    [
+        ("-", Y4MWriter),
+        ("a.y4m", Y4MWriter),
+        ("a.MP4", Mp4Writer),
+        ("frames", PngDirWriter),
+        ("frames.d/", PngDirWriter),
+    ],
+)
 def test_open_writer_picks_by_name(tmp_path, name, kind):
     path = name if name == "-" else str(tmp_path / name) + ("/" if name.endswith("/") else "")
     writer = open_writer(path, 64, 48, Fraction(25))
