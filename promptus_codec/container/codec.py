@@ -118,6 +118,7 @@ def check_header(h: FileHeader, offset: int | None = None) -> None:
 def header_to_bytes(h: FileHeader) -> bytes:
     """The complete file header: preamble, body and CRC (spec §3)."""
     check_header(h)
+    _forbid(h.flags != 0, f"flags {h.flags:#06x}: version 1.0 defines no flags; writers MUST write 0")
     g, c, m = h.geometry, h.generation, h.model
     body = schema.build(
         schema.header_body,
@@ -171,6 +172,13 @@ def check_preamble(preamble) -> None:
 
 def header_from_parts(preamble, body: bytes) -> FileHeader:
     """Build the FileHeader from a checked preamble and its CRC-verified body."""
+    name_length = body[HEADER_BODY_V1_SIZE - 1]
+    if HEADER_BODY_V1_SIZE + name_length > len(body):
+        raise LengthError(f"model_name of {name_length} bytes runs past header_length {len(body)}", 16)
+    try:
+        body[HEADER_BODY_V1_SIZE : HEADER_BODY_V1_SIZE + name_length].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ForbiddenValueError("model_name is not valid UTF-8", 16) from None
     b = schema.parse(schema.header_body, body, schema.header_preamble.sizeof())
     try:
         frame_rate = Fraction(b.frame_rate_num, b.frame_rate_den)
@@ -235,6 +243,12 @@ def keyframe_payload_size(header: FileHeader, rank: int) -> int:
     return schema.KEYFRAME_FIXED_SIZE + rank * (header.prompt_tokens + header.prompt_dim)
 
 
+def _check_dtype(array: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Writers get no silent casts: a wrong dtype would wrap or overflow (spec §6)."""
+    if not isinstance(array, np.ndarray) or array.dtype.newbyteorder("<") != dtype.newbyteorder("<"):
+        raise ForbiddenValueError(f"{what} must be a numpy {dtype} array, got {getattr(array, 'dtype', type(array))}")
+
+
 def _check_scene(r: SceneRecord, header: FileHeader, offset: int | None) -> None:
     if r.latent_format == LatentFormat.INT8:
         _forbid(
@@ -272,6 +286,7 @@ def _check_keyframe(r: KeyframeRecord, header: FileHeader, offset: int | None) -
 def record_to_bytes(record: Record, header: FileHeader) -> bytes:
     """A framed record, checked against the header (spec §4, §6)."""
     if isinstance(record, SceneRecord):
+        _check_dtype(record.latent, LATENT_DTYPES[record.latent_format], "Scene latent")
         _check_scene(record, header, None)
         latent = np.ascontiguousarray(record.latent, dtype=LATENT_DTYPES[record.latent_format])
         payload = schema.build(
@@ -284,6 +299,8 @@ def record_to_bytes(record: Record, header: FileHeader) -> bytes:
             ),
         )
     elif isinstance(record, KeyframeRecord):
+        _check_dtype(record.u, np.dtype("i1"), "Keyframe u")
+        _check_dtype(record.v, np.dtype("i1"), "Keyframe v")
         _check_keyframe(record, header, None)
         payload = schema.build(
             schema.keyframe_payload,
@@ -304,7 +321,11 @@ def record_to_bytes(record: Record, header: FileHeader) -> bytes:
     elif isinstance(record, EndRecord):
         payload = schema.build(schema.end_payload, vars(record))
     elif isinstance(record, EncoderSettingsRecord):
-        text = json.dumps(record.settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        _forbid(not isinstance(record.settings, dict), "EncoderSettings must hold a JSON object (a dict)")
+        try:
+            text = json.dumps(record.settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ForbiddenValueError(f"EncoderSettings cannot be written as JSON: {exc}") from None
         payload = schema.build(schema.encoder_settings_payload, dict(settings_json=text.encode("utf-8")))
     elif isinstance(record, SeekIndexRecord):
         payload = schema.build(
@@ -319,12 +340,32 @@ def record_to_bytes(record: Record, header: FileHeader) -> bytes:
             dict(first_frame=record.first_frame, frame_count=len(record.psnr_db), psnr_db=record.psnr_db, loss=record.loss),
         )
     elif isinstance(record, PaddingRecord):
+        if not 0 <= record.size <= schema.MAX_RECORD_LENGTH:
+            raise LengthError(f"Padding of {record.size} bytes is outside 0..{schema.MAX_RECORD_LENGTH}")
         payload = bytes(record.size)
     elif isinstance(record, UnknownAncillaryRecord):
+        _forbid(
+            not is_ancillary(record.record_type) or record.record_type in KNOWN_TYPES,
+            f"record type 0x{record.record_type:04x} is not an unknown ancillary type",
+        )
         payload = record.payload
     else:
         raise TypeError(f"not a record: {record!r}")
     return frame_record(record.record_type, payload)
+
+
+KNOWN_TYPES = frozenset(int(t) for t in RecordType)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)
 
 
 def _expect_length(actual: int, expected: int, what: str, offset: int | None) -> None:
@@ -373,9 +414,9 @@ def record_from_payload(record_type: int, payload: bytes, header: FileHeader, of
         return EndRecord(p.frame_count, p.scene_count, p.keyframe_count, p.seek_index_offset)
     if record_type == RecordType.ENCODER_SETTINGS:
         try:
-            settings = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ForbiddenValueError("EncoderSettings is not UTF-8 JSON", offset) from None
+            settings = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ForbiddenValueError("EncoderSettings is not strict UTF-8 JSON", offset) from None
         _forbid(not isinstance(settings, dict), "EncoderSettings must hold a JSON object", offset)
         return EncoderSettingsRecord(settings)
     if record_type == RecordType.SEEK_INDEX:

@@ -74,6 +74,10 @@ class DecodeOrder:
                 f"not {r.frame_index}",
                 offset,
             )
+        if self.header.frame_count and r.frame_index >= self.header.frame_count:
+            raise RecordOrderError(
+                f"keyframe {r.frame_index} lies beyond the header's frame_count {self.header.frame_count}", offset
+            )
         if self.last_keyframe is not None and r.frame_index <= self.last_keyframe:
             raise RecordOrderError(
                 f"keyframe {r.frame_index} does not follow keyframe {self.last_keyframe}", offset

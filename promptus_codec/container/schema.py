@@ -43,7 +43,7 @@ MAX_RECORD_LENGTH = 1 << 24  # 16 MiB
 MAX_CODED_SIDE = 16384
 MAX_PROMPT_TOKENS = 1024
 MAX_PROMPT_DIM = 8192
-MAX_LATENT_ELEMENTS = 1 << 22  # 4 Mi values: 16 MiB as float32
+MAX_LATENT_ELEMENTS = 1 << 21  # 2 Mi values: a float32 Scene (8 MiB) fits MAX_RECORD_LENGTH
 
 # ---------------------------------------------------------------------------
 # §3 File header
