@@ -119,6 +119,7 @@ def header_to_bytes(h: FileHeader) -> bytes:
     """The complete file header: preamble, body and CRC (spec §3)."""
     check_header(h)
     _forbid(h.flags != 0, f"flags {h.flags:#06x}: version 1.0 defines no flags; writers MUST write 0")
+    _forbid(h.minor_version != schema.MINOR_VERSION, f"this writer writes only the 1.{schema.MINOR_VERSION} header body")
     g, c, m = h.geometry, h.generation, h.model
     body = schema.build(
         schema.header_body,
