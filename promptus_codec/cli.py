@@ -89,5 +89,119 @@ def import_legacy(folder, output, fps, model_name):
     click.echo(f"wrote {output}: {header.frame_count} frames, {header.coded_width}x{header.coded_height}")
 
 
+def parse_bitrate(value: str | None) -> float | None:
+    """'225k', '1.5M' or '225000' (bits per second) as kb/s."""
+    if value is None:
+        return None
+    text = value.strip().lower().removesuffix("bps").removesuffix("b/s")
+    scale = {"k": 1.0, "m": 1000.0}.get(text[-1:], 0.001)
+    try:
+        kbps = float(text.rstrip("km")) * scale
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a bitrate like 225k, 1.5M or 225000") from None
+    if not kbps > 0:
+        raise click.BadParameter(f"{value!r} must be positive")
+    return kbps
+
+
+def parse_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size like 512x512") from None
+    return width, height
+
+
+model_option = click.option(
+    "--model", default=None, help="tiny (built in) or sd-turbo. Default: encode tiny; decode the stream's own model."
+)
+weights_option = click.option(
+    "--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id (default: search)."
+)
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+dtype_option = click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+
+
+def load_named_model(name: str, weights: str | None, device: str, dtype: str):
+    from promptus_codec.models.registry import load_model
+
+    kwargs = {"source": weights} if weights and name == "sd-turbo" else {}
+    return load_model(name, device=device, dtype=dtype, **kwargs)
+
+
+@main.command()
+@click.argument("input", type=str)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .prx file to write.")
+@click.option("--bitrate", default=None, help="Target total bitrate, e.g. 225k. Rate control picks rank and interval.")
+@click.option("--rank", type=int, default=None, help="Force the rank of every keyframe.")
+@click.option("--interval", type=int, default=None, help="Force the keyframe interval K (frames).")
+@click.option("--min-rank", type=int, default=8, show_default=True, help="Rate control keeps at least this rank while shortening K.")
+@model_option
+@weights_option
+@click.option("--preset", default="fast", show_default=True, help="Fitting effort: paper, slow, fast or draft.")
+@click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
+@click.option("--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe.")
+@click.option("--lr", type=float, default=None, help="Override the preset: Adam learning rate.")
+@click.option("--alpha", type=float, default=None, help="Weight of MSE in the loss; 1 - alpha goes to LPIPS (default 0.8).")
+@click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
+@click.option("--no-warm-start", is_flag=True, help="Start each keyframe from random factors, not the previous keyframe's.")
+@click.option("--perceptual", default="lpips", show_default=True, help="lpips (needs AlexNet weights in the torch hub cache) or none.")
+@click.option("--size", default=None, help="Coded size WxH, multiples of 64 (default: short side 512, aspect kept).")
+@click.option("--fit", "fit_mode", type=click.Choice(["crop", "pad", "scale"]), default="crop", show_default=True)
+@click.option("--fps", default=None, help="Override the source frame rate, e.g. 30000/1001.")
+@click.option("--refresh", type=float, default=10.0, show_default=True, help="Start a new scene at least every N seconds (0 = only at cuts).")
+@click.option("--cut-threshold", type=float, default=None, help="Relative latent change that starts a scene (default 0.5).")
+@click.option("--latent-format", type=click.Choice(["float32", "float16", "int8"]), default="float16", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted encode from OUTPUT.partial.")
+@click.option("--recon", default=None, help="Also write the encoder's own reconstruction (y4m, mp4 or PNG folder).")
+@device_option
+@dtype_option
+@quiet_option
+def encode(input, output, bitrate, rank, interval, min_rank, model, weights, preset, iterations, first_iterations, lr,
+           alpha, beta, no_warm_start, perceptual, size, fit_mode, fps, refresh, cut_threshold, latent_format, resume,
+           recon, device, dtype, quiet):
+    """Encode a video (mp4/mkv/mov/webm, .y4m or '-' for y4m on stdin, or a folder of PNG/JPEG frames)."""
+    from promptus_codec.encoder.cli_run import run_encode
+
+    overrides = {
+        "iterations": iterations, "first_iterations": first_iterations, "lr": lr, "alpha": alpha, "temporal_beta": beta,
+    }
+    if no_warm_start:
+        overrides["warm_start"] = False
+    run_encode(
+        input, output,
+        target_kbps=parse_bitrate(bitrate), rank=rank, interval=interval, min_rank=min_rank,
+        model_name=model or "tiny", weights=weights, preset=preset,
+        overrides={k: v for k, v in overrides.items() if v is not None}, perceptual=perceptual,
+        size=parse_size(size), fit_mode=fit_mode, fps=None if fps is None else parse_fraction(fps),
+        refresh=refresh, cut_threshold=cut_threshold, latent_format=latent_format, resume=resume, recon=recon,
+        device=device, dtype=dtype, quiet=quiet,
+    )
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="OUT.y4m, '-' (y4m on stdout), OUT.mp4, or a folder for PNG frames.")
+@model_option
+@weights_option
+@click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt", "auto"]), default="torch", show_default=True)
+@click.option("--chroma", type=click.Choice(["420", "444"]), default="420", show_default=True, help="y4m/mp4 chroma subsampling.")
+@click.option("--crf", type=int, default=18, show_default=True, help="mp4 (H.264) quality: lower is better.")
+@click.option("--restore-size", is_flag=True, help="Scale back to the source geometry stored in the header.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Frames per generation call.")
+@device_option
+@dtype_option
+@quiet_option
+def decode(input, output, model, weights, backend, chroma, crf, restore_size, batch, device, dtype, quiet):
+    """Decode a .prx stream to y4m, mp4 or PNG frames."""
+    from promptus_codec.decoder.cli_run import run_decode
+
+    run_decode(input, output, model_name=model, weights=weights, backend=backend, chroma=chroma, crf=crf,
+               restore_size=restore_size, batch=batch, device=device, dtype=dtype, quiet=quiet)
+
+
 if __name__ == "__main__":
     main()

@@ -52,6 +52,7 @@ class PrxReader:
         self.header: FileHeader = self._read_header()
         self.order = DecodeOrder(self.header)
         self.truncation: Truncation | None = None
+        self.record_span: tuple[int, int] = (0, self._offset)  # (start, end) of the record just yielded
 
     @property
     def end(self) -> EndRecord | None:
@@ -111,6 +112,7 @@ class PrxReader:
                 raise CrcMismatchError(f"record CRC-32 mismatch (type 0x{p.record_type:04x})", start)
             record = codec.record_from_payload(p.record_type, payload, self.header, start)
             self.order.accept(record, start)
+            self.record_span = (start, self._offset)
             yield record
         if self._read_exact(1):
             raise TrailingDataError("bytes follow the End record", self._offset - 1)

@@ -1,0 +1,44 @@
+"""Models by name, as ``--model`` spells them. Each backend is imported only when asked for.
+
+    "tiny"      the built-in toy model (promptus_codec/models/tiny.py), weights in the package
+    "sd-turbo"  SD 2.1 Turbo + TAESD (promptus_codec/models/sd_turbo.py), user-supplied weights
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from promptus_codec.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from promptus_codec.models.base import GenerationModel
+
+MODEL_NAMES = ("tiny", "sd-turbo")
+
+
+def load_model(
+    name: str,
+    device: "str | torch.device" = "auto",
+    dtype: "str | torch.dtype" = "auto",
+    **kwargs,
+) -> "GenerationModel":
+    """Load model ``name`` on ``device`` ("auto", "cpu", "cuda") in ``dtype`` ("auto", "fp32",
+    "fp16", "bf16"); see :mod:`promptus_codec.models.device` for what "auto" picks.
+
+    ``kwargs`` go to the backend's loader: ``path`` for tiny, ``source`` (and the like) for
+    sd-turbo. An unknown name raises ModelError listing the choices.
+    """
+    if name not in MODEL_NAMES:
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+    from promptus_codec.models.device import resolve
+
+    device, dtype = resolve(device, dtype)  # torch objects; backends resolve() them again, a no-op
+    if name == "tiny":
+        from promptus_codec.models.tiny import load_tiny
+
+        return load_tiny(device=device, dtype=dtype, **kwargs)
+    from promptus_codec.models.sd_turbo import load_sd_turbo
+
+    return load_sd_turbo(device=device, dtype=dtype, **kwargs)
