@@ -6,9 +6,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# torch==2.13.0 is the CPU wheel this project's machines keep on local disk; installing it
-# first stops the open `torch` requirement of the extras from pulling a multi-GB CUDA build.
-TORCH  := torch==2.13.0
+# LPIPS needs torchvision, and the only torchvision this project's machines keep on local
+# disk is 0.29.1 with torch 2.14.1 (a CUDA build that runs on the CPU; about 45 s to install,
+# 5.6 GB). Installing the pair first stops the extras' open `torch` requirement from
+# pulling anything else.
+TORCH  := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup demo test test-slow clean
 
