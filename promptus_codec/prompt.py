@@ -57,9 +57,17 @@ def quantize(x: np.ndarray, scale: float, zero_point: float) -> np.ndarray:
 
 
 def compose(u: Array, v: Array) -> Array:
-    """The prompt embedding ``c = u @ v / sqrt(r)``: (..., m, r) @ (..., r, n) -> (..., m, n)."""
+    """The prompt embedding ``c = u @ v / sqrt(r)``: (..., m, r) @ (..., r, n) -> (..., m, n).
+
+    The product is summed over the rank in order, one float32 rounding per multiply and per
+    add (spec §9.2), instead of calling a BLAS matmul whose summation order varies. numpy,
+    torch and any other decoder then agree on every prompt bit for bit.
+    """
     rank = u.shape[-1]
-    return (u @ v) / np.float32(math.sqrt(rank))
+    total = u[..., :, 0:1] * v[..., 0:1, :]  # (..., m, n)
+    for k in range(1, rank):
+        total = total + u[..., :, k : k + 1] * v[..., k : k + 1, :]
+    return total / np.float32(math.sqrt(rank))
 
 
 @dataclass
