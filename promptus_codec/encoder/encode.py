@@ -378,19 +378,20 @@ class Encoder:
         try:
             try:
                 reader = PrxReader(stream)
-            except TruncatedError:  # killed before the header was on disk: start afresh
+                kept: list[tuple[object, int]] = [(record, reader.record_span[1]) for record in reader]
+            except TruncatedError:
+                kept = []  # killed before the header was on disk
+            else:
+                if reader.header != header:
+                    raise PrxError(f"{partial} was made from another input, model or geometry: delete it or run without --resume")
+                if kept and kept[0][0] != settings:
+                    raise PrxError(f"{partial} was made with other settings: delete it or run without --resume")
+            if not kept:  # nothing worth keeping: start afresh in the same file
                 stream.seek(0)
                 stream.truncate()
                 writer = PrxWriter(stream, header)
                 writer.write(settings)
                 return stream, writer
-            if reader.header != header:
-                raise PrxError(f"{partial} was made from another input, model or geometry: delete it or run without --resume")
-            kept: list[tuple[object, int]] = []  # (record, end offset)
-            for record in reader:
-                kept.append((record, reader.record_span[1]))
-            if not kept or kept[0][0] != settings:
-                raise PrxError(f"{partial} was made with other settings: delete it or run without --resume")
             while kept and not isinstance(kept[-1][0], (QualityRecord, EncoderSettingsRecord)):
                 kept.pop()
             order = DecodeOrder(header)

@@ -1,0 +1,233 @@
+"""The encoder on the tiny model: fitting, rate control, scenes, resume, closed loop, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+av = pytest.importorskip("av")
+
+from click.testing import CliRunner
+
+from promptus_codec.cli import main
+from promptus_codec.container.reader import read_prx
+from promptus_codec.container.records import (
+    EncoderSettingsRecord,
+    KeyframeRecord,
+    PaddingRecord,
+    QualityRecord,
+    SceneRecord,
+)
+from promptus_codec.encoder.fit import FitConfig, PerceptualLoss, fit_keyframe
+from promptus_codec.generate import Generator, initial_noise_tensor
+
+from .streams import write_clip
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SKY = ROOT.parent / "shared" / "data" / "sky_512.mp4"
+FAST = ["--model", "tiny", "--perceptual", "none", "--preset", "draft", "--iterations", "3", "--first-iterations", "5", "-q"]
+
+
+def encode(*args):
+    return CliRunner().invoke(main, ["encode", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.y4m"
+    write_clip(path, frames=60)  # 2 s at 30 fps
+    return path
+
+
+def test_fitting_loss_falls(tiny_model):
+    """Fitting one keyframe alone from a scene latent: the loss ends far below its start."""
+    generator = Generator(tiny_model)
+    rng = np.random.default_rng(3)
+    target = torch.from_numpy(rng.uniform(0.2, 0.8, (1, 3, 64, 64)).astype(np.float32))
+    z_prev = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+    noise = initial_noise_tensor(tiny_model.spec.generation, (4, 8, 8))
+    config = FitConfig(first_iterations=60, early_stop_patience=0, alpha=1.0)
+    result = fit_keyframe(generator, target, z_prev, noise, 0, 4, None, config, PerceptualLoss(None))
+    assert result.iterations == 60
+    assert result.best_loss < 0.5 * result.initial_loss
+    assert result.u.dtype == np.int8 and result.u.shape == (77, 4) and result.v.shape == (4, 1024)
+
+
+@pytest.mark.parametrize("target", [100, 225, 550])
+def test_achieved_bitrate_within_one_percent(clip, tmp_path, target):
+    out = tmp_path / "o.prx"
+    result = encode(clip, "-o", out, "--bitrate", f"{target}k", "--size", "64x64", *FAST)
+    assert result.exit_code == 0, result.output
+    achieved = out.stat().st_size * 8 / 2.0 / 1000  # 60 frames at 30 fps
+    assert abs(achieved / target - 1) < 0.01
+    assert f"achieved {achieved:.2f} kb/s" in result.output
+    prx = read_prx(out)
+    assert prx.end.frame_count == 60
+    quality = [r for r in prx.records if isinstance(r, QualityRecord)]
+    assert sum(len(q.psnr_db) for q in quality) == 60  # one figure per frame
+    settings = next(r for r in prx.records if isinstance(r, EncoderSettingsRecord)).settings
+    assert settings["target_kbps"] == target and settings["fit"]["iterations"] == 3
+
+
+def test_hard_cut_gives_two_scenes_with_keyframes_on_both_sides(tmp_path):
+    clip = tmp_path / "cut.y4m"
+    write_clip(clip, frames=40, cut_at=23)
+    out = tmp_path / "o.prx"
+    result = encode(clip, "-o", out, "--rank", "2", "--interval", "8", "--size", "64x64", *FAST)
+    assert result.exit_code == 0, result.output
+    records = read_prx(out).records
+    scenes = [r.first_frame for r in records if isinstance(r, SceneRecord)]
+    keyframes = [r.frame_index for r in records if isinstance(r, KeyframeRecord)]
+    assert scenes == [0, 23]
+    assert 22 in keyframes and 23 in keyframes  # last frame before the cut, first after
+    assert keyframes == [0, 8, 16, 22, 23, 31, 39]
+
+
+def test_refresh_starts_scenes_periodically(clip, tmp_path):
+    out = tmp_path / "o.prx"
+    result = encode(clip, "-o", out, "--rank", "2", "--interval", "10", "--refresh", "0.5", "--size", "64x64", *FAST)
+    assert result.exit_code == 0, result.output
+    assert [r.first_frame for r in read_prx(out).records if isinstance(r, SceneRecord)] == [0, 15, 30, 45]
+
+
+def test_decode_equals_the_encoders_reconstruction(clip, tmp_path):
+    out, recon, decoded = tmp_path / "o.prx", tmp_path / "recon.y4m", tmp_path / "dec.y4m"
+    result = encode(clip, "-o", out, "--bitrate", "225k", "--size", "64x64", "--recon", recon, *FAST)
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(main, ["decode", str(out), "-o", str(decoded), "-q"]).exit_code == 0
+    assert decoded.read_bytes() == recon.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference_encode(clip, tmp_path_factory):
+    """One uninterrupted encode whose bytes the resume tests must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "ref.prx"
+    result = encode(clip, "-o", out, "--rank", "2", "--interval", "8", "--refresh", "1", "--size", "64x64", *FAST)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def resume_args(clip, out):
+    return [clip, "-o", out, "--rank", "2", "--interval", "8", "--refresh", "1", "--size", "64x64", *FAST]
+
+
+def test_resume_from_any_cut_point_is_byte_identical(clip, reference_encode, tmp_path):
+    """A killed encode leaves a prefix of the file; resuming from it gives the same bytes."""
+    data = reference_encode.read_bytes()
+    records = read_prx(reference_encode).records
+    assert sum(isinstance(r, SceneRecord) for r in records) == 2
+    out = tmp_path / "o.prx"
+    for cut in (10, 190, 300, len(data) // 3, len(data) // 2 + 7, len(data) - 40, len(data) - 1):
+        pathlib.Path(str(out) + ".partial").write_bytes(data[:cut])
+        result = encode(*resume_args(clip, out), "--resume")
+        assert result.exit_code == 0, (cut, result.output)
+        assert out.read_bytes() == data, cut
+        assert not pathlib.Path(str(out) + ".partial").exists()
+        out.unlink()
+
+
+def test_resume_refuses_a_partial_file_from_other_settings(clip, reference_encode, tmp_path):
+    out = tmp_path / "o.prx"
+    pathlib.Path(str(out) + ".partial").write_bytes(reference_encode.read_bytes()[:4000])
+    args = resume_args(clip, out)
+    args[args.index("--rank") + 1] = "3"
+    result = encode(*args, "--resume")
+    assert result.exit_code == 1 and "other settings" in result.output
+    result = encode(*resume_args(clip, tmp_path / "none.prx"), "--resume")
+    assert result.exit_code == 1 and "nothing to resume" in result.output
+
+
+def test_ctrl_c_leaves_a_resumable_partial_file(clip, reference_encode, tmp_path):
+    out = tmp_path / "o.prx"
+    partial = pathlib.Path(str(out) + ".partial")
+    args = [sys.executable, str(ROOT / "cli.py"), "encode", *map(str, resume_args(clip, out))]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (not partial.exists() or partial.stat().st_size < 3000) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"encode ended before it could be interrupted: {process.communicate()}")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the encode finished before SIGINT arrived")
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr and partial.exists() and not out.exists()
+    result = encode(*resume_args(clip, out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == reference_encode.read_bytes()
+
+
+def test_y4m_on_stdin(clip, tmp_path):
+    out = tmp_path / "o.prx"
+    with open(clip, "rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), "encode", "-", "-o", str(out), "--rank", "1", "--interval", "30", "--size", "64x64", *FAST],
+            stdin=stdin, capture_output=True, text=True, timeout=300,
+        )
+    assert done.returncode == 0, done.stderr
+    assert read_prx(out).end.frame_count == 60
+
+
+def test_padding_fills_the_budget(clip, tmp_path):
+    out = tmp_path / "o.prx"
+    assert encode(clip, "-o", out, "--bitrate", "225k", "--size", "64x64", *FAST).exit_code == 0
+    padding = [r for r in read_prx(out).records if isinstance(r, PaddingRecord)]
+    assert len(padding) <= 1 and all(p.size < 77 + 1024 for p in padding)  # less than one rank step
+
+
+def bad_inputs(tmp_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(4000))
+    empty = tmp_path / "empty.y4m"
+    empty.write_bytes(b"YUV4MPEG2 W64 H64 F30:1 Ip A1:1 C420jpeg\n")
+    small = tmp_path / "small.y4m"
+    write_clip(small, frames=3, size=(32, 32))
+    return {
+        "missing": (tmp_path / "nothing.mp4", [], "no such file"),
+        "corrupt": (corrupt, [], "cannot read"),
+        "empty": (empty, [], "has no frames"),
+        "too small": (small, [], "below the minimum"),
+        "unreachable": (None, ["--bitrate", "1k"], "reachable range is"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "empty", "too small", "unreachable"])
+def test_bad_input_one_line_and_no_output(clip, tmp_path, case):
+    source, extra, message = bad_inputs(tmp_path)[case]
+    out = tmp_path / "out" / "o.prx"
+    args = [source or clip, "-o", out, *FAST, *extra]
+    if case != "too small":
+        args += ["--size", "64x64"]
+    result = encode(*args)
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and message in result.output, result.output
+    assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SKY.is_file(), reason="../shared/data is not present")
+def test_encode_a_few_frames_of_the_real_sky_clip(tmp_path):
+    """The real clip through the real input path: 12 frames at 128x128."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from promptus_codec.media import open_video
+    from promptus_codec.media.writers import PngDirWriter
+
+    with open_video(str(SKY)) as source, PngDirWriter(frames / "f") as writer:
+        for i, frame in zip(range(12), source):
+            writer.write(frame)
+    out = tmp_path / "sky.prx"
+    result = encode(frames / "f", "-o", out, "--bitrate", "225k", "--size", "128x128", "--fps", "30", *FAST)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
+    assert doc["frame_count"] == 12 and doc["coded_size"] == [128, 128] and doc["source_size"] == [512, 512]
