@@ -203,5 +203,16 @@ def decode(input, output, model, weights, backend, chroma, crf, restore_size, ba
                restore_size=restore_size, batch=batch, device=device, dtype=dtype, quiet=quiet)
 
 
+def _register_tool_commands() -> None:
+    """Command groups that live beside the code they drive (each imports only click at load)."""
+    from promptus_codec.engine_cli import engine
+    from promptus_codec.eval_cli import compare_command, eval_command
+
+    for command in (engine, eval_command, compare_command):
+        main.add_command(command)
+
+
+_register_tool_commands()
+
 if __name__ == "__main__":
     main()

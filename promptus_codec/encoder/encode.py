@@ -52,6 +52,7 @@ from promptus_codec.decoder.torch_runtime import TorchRuntime
 from promptus_codec.encoder.fit import PRESETS, FitConfig, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.scenes import DEFAULT_CUT_THRESHOLD, SceneDetector
 from promptus_codec.errors import MediaError, PrxError, TruncatedError
+from promptus_codec.metrics.quality import psnr as psnr_db
 from promptus_codec.models.base import GenerationModel
 from promptus_codec.noise import initial_noise
 from promptus_codec.prompt import Factors
@@ -127,12 +128,6 @@ def frames_to_tensor(frames: list[np.ndarray] | np.ndarray, device, dtype=torch.
     """(B, H, W, 3) uint8 -> (B, 3, H, W) in [0, 1]."""
     array = np.ascontiguousarray(np.stack(frames) if isinstance(frames, list) else frames)
     return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two uint8 pictures; 100 dB stands for identical."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def store_latent(latent: np.ndarray, fmt: LatentFormat) -> SceneRecord:
@@ -297,7 +292,7 @@ class Encoder:
         factors = dequantized_factors(record)
         interval = decode_interval(runtime, state.z_prev, noise, state.previous, factors)
         self._write_recon(interval)
-        psnr = [psnr_db(a, b) for a, b in zip(interval.images, frames)]
+        psnr = [psnr_db(b, a) for a, b in zip(interval.images, frames)]
         writer.write(QualityRecord(interval.first_frame, tuple(psnr), tuple(losses)))
         state.psnr += psnr
         state.z_prev, state.previous = interval.next_latent, factors

@@ -1,0 +1,10 @@
+"""Picture quality and codec comparison (the ``metrics`` extra). Nothing is imported here.
+
+    quality      per-frame PSNR (Y, RGB), MS-SSIM and LPIPS: FrameScores, Scorer
+    perceptual   LPIPS nets, refused without their real backbone weights
+    evaluate     a decoded video against its source: measure, evaluate_files -> EvalResult
+    baselines    x265, VVenC and SVT-AV1 at a bitrate, with the bitrate they achieved
+    bdrate       Bjøntegaard delta rate
+    plots        the rate-distortion plot and frame strips
+    compare      the `promptus compare` driver
+"""
