@@ -102,7 +102,9 @@ class Generator(torch.nn.Module):
         """Pixels per latent cell along each side."""
         return self.model.spec.vae_scale_factor
 
-    def forward(self, z_prev: torch.Tensor, noise: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z_prev: torch.Tensor, noise: torch.Tensor, prompts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, C, h, w), (1, C, h, w), (B, m, n) -> latents x0 (B, C, h, w) float32, images (B, 3, H, W) in [0, 1]."""
         latents = self.latents(z_prev, noise, prompts)  # (B, C, h, w)
         images = self.model.decode_latent(latents.to(self.model.dtype))  # (B, 3, H, W)

@@ -65,7 +65,9 @@ def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "str | torch.devi
     return getattr(torch, DTYPES[dtype])
 
 
-def resolve(device: "str | torch.device" = "auto", dtype: "str | torch.dtype" = "auto") -> tuple["torch.device", "torch.dtype"]:
+def resolve(
+    device: "str | torch.device" = "auto", dtype: "str | torch.dtype" = "auto"
+) -> tuple["torch.device", "torch.dtype"]:
     """Both choices at once: the device first, since the dtype default depends on it."""
     spec = resolve_device(device)
     return spec, resolve_dtype(dtype, spec)
@@ -76,11 +78,9 @@ class Layout:
     """Memory-format choices per network, made per device (measured, not assumed).
 
     channels_last helps a conv-only net on CPU (oneDNN's NHWC kernels) and can hurt a net
-    whose attention layers keep converting back. Measured on this project's 2-core CPU
-    machines, float32:
-      - TAESD decoder (SD-Turbo), 512x512: 1.2x faster with channels_last;
-      - SD 2.1 UNet: 0.85x (slower), so it stays contiguous;
-      - tiny decoder (promptus_codec.models.tiny), see TINY_CPU_LAYOUT there.
+    whose attention layers convert back and forth. Measured on CPU, float32:
+      - SD-Turbo's TAESD decoder: 1.2x faster with channels_last; SD 2.1 UNet: 0.85x (slower);
+      - the tiny model's networks: see TINY_CPU_LAYOUT in promptus_codec.models.tiny.
     """
 
     decoder_channels_last: bool = False  # the latent -> pixels net

@@ -54,7 +54,9 @@ def fingerprint_state_dict(state_dict: Mapping[str, "torch.Tensor"]) -> bytes:
     return digest.digest()
 
 
-def select(state_dict: Mapping[str, "torch.Tensor"], prefixes: Iterable[str] = ("",), strip: str = "") -> dict[str, "torch.Tensor"]:
+def select(
+    state_dict: Mapping[str, "torch.Tensor"], prefixes: Iterable[str] = ("",), strip: str = ""
+) -> dict[str, "torch.Tensor"]:
     """The tensors whose names start with ``strip + prefix`` for some prefix, ``strip`` removed.
 
     ``prefixes`` pick the weights that reach the output (TAESD's "decoder." half, say);
@@ -68,7 +70,11 @@ def fingerprint_file(path: str | os.PathLike, prefixes: Iterable[str] = ("",), s
     """Cached fingerprint of the safetensors tensors ``select(file, prefixes, strip)`` picks."""
     prefixes = tuple(prefixes)
     tag = f"safetensors strip={strip!r} prefixes={list(prefixes)!r}"
-    return cached_digest(path, tag, lambda: fingerprint_state_dict(select(read_safetensors(path, strip), prefixes, strip)))
+
+    def compute() -> bytes:
+        return fingerprint_state_dict(select(read_safetensors(path, strip), prefixes, strip))
+
+    return cached_digest(path, tag, compute)
 
 
 def read_safetensors(path: str | os.PathLike, prefix: str = "") -> dict[str, "torch.Tensor"]:

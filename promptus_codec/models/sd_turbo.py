@@ -20,7 +20,6 @@ disk, so loading never touches the network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,8 +29,9 @@ from typing import TYPE_CHECKING, Callable
 
 from promptus_codec.container.records import ModelIdentity
 from promptus_codec.errors import ModelError, WeightsNotFoundError, require
-from promptus_codec.fileio import atomic_path
+from promptus_codec.models import fingerprint
 from promptus_codec.models.base import ModelSpec
+from promptus_codec.models.device import resolve
 
 if TYPE_CHECKING:
     import torch
@@ -135,7 +135,7 @@ def load_sd_turbo(
         require(module, "torch")
     import torch
 
-    device, dtype = _resolve_device_dtype(device, dtype)
+    device, dtype = resolve(device, dtype)
     sd_turbo_files, taesd_file = find_sd_turbo(source), find_taesd(taesd)
     if sd_turbo_files is None or taesd_file is None:
         raise _not_found(source, taesd, sd_turbo_files is None, taesd_file is None)
@@ -278,7 +278,7 @@ def _load(component: Component, weights: WeightsFile, device, dtype):
     _check_keys(component, weights.path, model.state_dict(), state)
     model.load_state_dict(state, assign=True)
     covered = {name: t for name, t in state.items() if name.startswith(component.fingerprinted)}
-    digest = _cached_digest(weights.path, component.config, lambda: _fingerprint_state_dict(covered))
+    digest = fingerprint.cached_digest(weights.path, component.config, lambda: fingerprint.fingerprint_state_dict(covered))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False), digest
 
 
@@ -314,70 +314,3 @@ def _check_keys(component: Component, path: Path, expected: dict, state: dict) -
             f"{path} does not hold SD-Turbo's {component.class_name} weights: {len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(reshaped)} of another shape (first: {first})"
         )
-
-
-def _resolve_device_dtype(device, dtype) -> tuple["torch.device", "torch.dtype"]:
-    """"auto" device: CUDA when present, else CPU; "auto" dtype: float16 on CUDA, else float32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if dtype == "auto":
-        return device, torch.float16 if device.type == "cuda" else torch.float32
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if isinstance(dtype, str) and dtype not in names:
-        raise ValueError(f"dtype={dtype!r}: expected 'auto', {', '.join(map(repr, names))} or a torch.dtype")
-    return device, names.get(dtype, dtype)
-
-
-# ---------------------------------------------------------------------------
-# Fingerprints. Private until models/fingerprint.py lands; then use its
-# fingerprint_state_dict and cached file variant instead.
-# ---------------------------------------------------------------------------
-
-_FINGERPRINT_SCHEME = "sha256-v1"  # bump when the canonical form below changes
-
-
-def _fingerprint_state_dict(state_dict: dict[str, "torch.Tensor"]) -> bytes:
-    """SHA-256 over the tensors in sorted name order: name, dtype, shape, then the raw bytes."""
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        digest.update(f"{name}\0{dtype}\0{list(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.digest()
-
-
-def _fingerprint_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptus-codec" / "fingerprints.json"
-
-
-def _cached_digest(path: Path, tag: str, compute: Callable[[], bytes]) -> bytes:
-    """``compute()``, remembered per (file, tag) until the file's size or mtime changes."""
-    stat = path.stat()
-    key = f"{_FINGERPRINT_SCHEME} {tag} {path.resolve()}"
-    stamp = [stat.st_size, stat.st_mtime_ns]
-    cache_file = _fingerprint_cache()
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if not isinstance(cache, dict):
-        cache = {}
-    try:
-        if cache[key]["stamp"] == stamp:
-            return bytes.fromhex(cache[key]["sha256"])
-    except (KeyError, TypeError, ValueError):
-        pass  # not cached yet, or an entry this version cannot read
-    digest = compute()
-    cache[key] = {"stamp": stamp, "sha256": digest.hex()}
-    try:
-        with atomic_path(cache_file) as temporary:
-            temporary.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    except OSError:
-        pass  # a read-only home only costs rehashing next time
-    return digest

@@ -49,7 +49,9 @@ def test_cuda_missing(no_cuda):
         dev.resolve("cuda")
 
 
-@pytest.mark.parametrize("device, dtype", [("tpu", "auto"), ("cpu", "fp8"), ("cpu", torch.int8), ("nonsense:0", "auto")])
+@pytest.mark.parametrize(
+    "device, dtype", [("tpu", "auto"), ("cpu", "fp8"), ("cpu", torch.int8), ("nonsense:0", "auto")]
+)
 def test_bad_choices(no_cuda, device, dtype):
     with pytest.raises(ModelError):
         dev.resolve(device, dtype)
