@@ -245,7 +245,7 @@ class Encoder:
         self.fit = options.fit_config()
         self.on_keyframe = on_keyframe
         self.recon = recon  # a media frame writer for the encoder's own reconstruction, or None
-        self.perceptual = None  # built lazily: pass 1 may fail before it is needed
+        self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
 
     def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
         header = build_header(self.model, analysis)
@@ -265,8 +265,6 @@ class Encoder:
     def _fit_interval(self, runtime, noise, state: _State, frames: np.ndarray, keyframe: int, rank: int, writer: PrxWriter):
         """Fit, write and reconstruct one keyframe; ``frames`` are its interval's (K, H, W, 3)."""
         device = self.model.device
-        if self.perceptual is None:
-            self.perceptual = perceptual_loss(self.options.perceptual, device)
         as_torch = lambda f: None if f is None else Factors(f.frame_index, torch.from_numpy(f.u), torch.from_numpy(f.v))  # noqa: E731
         result = fit_keyframe(
             runtime.generator,

@@ -231,3 +231,17 @@ def test_encode_a_few_frames_of_the_real_sky_clip(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
     assert doc["frame_count"] == 12 and doc["coded_size"] == [128, 128] and doc["source_size"] == [512, 512]
+
+
+def test_lpips_without_backbone_weights_says_what_to_do(clip, tmp_path):
+    from promptus_codec.metrics.perceptual import lpips_available
+
+    if lpips_available("alex"):
+        pytest.skip("the AlexNet backbone is in the torch hub cache on this machine")
+    out = tmp_path / "o.prx"
+    args = [a for a in FAST if a not in ("--perceptual", "none")]
+    result = encode(clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", *args)
+    assert result.exit_code == 1
+    assert "alexnet-owt-7be5be79.pth" in result.output and "--perceptual none" in result.output
+    assert result.output.count("\n") == 1
+    assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
