@@ -148,7 +148,10 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @click.option("--alpha", type=float, default=None, help="Weight of MSE in the loss; 1 - alpha goes to LPIPS (default 0.8).")
 @click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
 @click.option("--no-warm-start", is_flag=True, help="Start each keyframe from random factors, not the previous keyframe's.")
-@click.option("--perceptual", default="lpips", show_default=True, help="lpips (needs AlexNet weights in the torch hub cache) or none.")
+@click.option(
+    "--perceptual", default="auto", show_default=True,
+    help="lpips (needs AlexNet weights in the torch hub cache), none, or auto: lpips when its weights are present.",
+)
 @click.option("--size", default=None, help="Coded size WxH, multiples of 64 (default: short side 512, aspect kept).")
 @click.option("--fit", "fit_mode", type=click.Choice(["crop", "pad", "scale"]), default="crop", show_default=True)
 @click.option("--fps", default=None, help="Override the source frame rate, e.g. 30000/1001.")

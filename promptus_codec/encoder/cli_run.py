@@ -19,6 +19,16 @@ def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_na
 
     from promptus_codec.cli import load_named_model
 
+    if perceptual == "auto":
+        from promptus_codec.metrics.perceptual import lpips_available
+
+        perceptual = "lpips" if lpips_available("alex") else "none"
+        if perceptual == "none":
+            click.echo(
+                "promptus: warning: LPIPS backbone weights are not in the torch hub cache; fitting with MSE only "
+                "(--perceptual lpips makes this an error and says which file is missing)",
+                err=True,
+            )
     options = EncodeOptions(
         target_kbps=target_kbps, rank=rank, interval=interval, min_rank=min_rank, preset=preset, size=size,
         fit_mode=fit_mode, fps=fps, refresh_s=refresh,

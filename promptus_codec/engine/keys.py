@@ -3,7 +3,7 @@
 A file is only ever used for the stream whose key it carries in its name:
 
     GraphKey  <model>-<weights>-<constants>-b<batch>-<W>x<H>-op<opset>-<precision>
-              tiny-4f0c1d9a2b3e-7c1e22d0-b10-128x128-op18-fp32.onnx
+              tiny-3bad3a56d3a4-26c90bd3-b10-128x128-op18-fp32.onnx
     TrtKey    <graph key>-trt<version>-sm<cc>-<gpu>-<precision>
               ...-op18-fp32-trt10.3.0-sm89-nvidia_geforce_rtx_4090-fp16.engine
 
@@ -27,7 +27,6 @@ from promptus_codec.container.records import GenerationConstants, ModelIdentity,
 from promptus_codec.decoder.driver import UNKNOWN_DIGEST
 
 ONNX_OPSET = 18  # the dynamo exporter's best-tested opset; SD-Turbo exports and matches torch there
-DEFAULT_BATCH = 10  # frames per engine call: the keyframe interval rate control picks most often
 PRECISIONS = ("fp32", "fp16")  # weights and activations of an exported graph (its inputs stay float32)
 PRECISION_OF_DTYPE = {"float32": "fp32", "float16": "fp16"}  # torch dtype name -> precision
 INPUTS = ("z_prev", "noise", "prompts")  # (1, C, h, w), (1, C, h, w), (B, m, n) float32
@@ -40,7 +39,7 @@ _GRAPH_STEM = re.compile(
 
 
 def slug(text: str) -> str:
-    """``text`` with every character outside [A-Za-z0-9._-] replaced by '_', lower case."""
+    """``text`` in lower case, each run of characters outside [a-z0-9._-] replaced by '_'."""
     return re.sub(r"[^a-z0-9._-]+", "_", text.lower())
 
 
