@@ -70,7 +70,7 @@ def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_na
             sys.exit(130)
         bar.close()
     target = f"target {report.target_kbps:.2f} kb/s, " if report.target_kbps else ""
-    error = f" ({(report.achieved_kbps / report.target_kbps - 1) * 100:+.2f}%)" if report.target_kbps else ""
+    error = f" ({round((report.achieved_kbps / report.target_kbps - 1) * 100, 2) + 0.0:+.2f}%)" if report.target_kbps else ""
     click.echo(
         f"encoded {report.frames} frames ({header.coded_width}x{header.coded_height}) into {report.keyframes} keyframes "
         f"(interval {report.interval}, rank {min(report.ranks)}-{max(report.ranks)}) in {report.scenes} scene(s): "
