@@ -232,6 +232,7 @@ def run_decode(input, output, *, model_name, weights, backend, chroma, crf, rest
         reader = PrxReader(stream)
         header = reader.header
         runtime = make_runtime(backend, header, model_name or header.model.name, weights, device, dtype, batch, input)
+        loaded = time.perf_counter()
         geometry = header.geometry
         width, height = (geometry.source_rect.width, geometry.source_rect.height) if restore_size else (header.coded_width, header.coded_height)
         report = DecodeReport()
@@ -242,10 +243,11 @@ def run_decode(input, output, *, model_name, weights, backend, chroma, crf, rest
             for _, image in decode_frames(reader, runtime, report, max_batch=batch, warn=warn_stderr):
                 writer.write(restore_geometry(image, geometry) if restore_size else image)
                 bar.update(1)
-    elapsed = time.perf_counter() - started
+    finished = time.perf_counter()
+    decoding = max(finished - loaded, 1e-9)
     click.echo(
-        f"decoded {report.frames} frames ({width}x{height}) with {runtime.name} in {elapsed:.1f} s "
-        f"({report.frames / elapsed:.2f} frames/s) -> {output}",
+        f"decoded {report.frames} frames ({width}x{height}) with {runtime.name} in {finished - started:.1f} s "
+        f"({loaded - started:.1f} s loading, then {report.frames / decoding:.2f} frames/s) -> {output}",
         err=output == "-",
     )
     if report.truncation:
