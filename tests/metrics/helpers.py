@@ -7,17 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from media.media_helpers import gradient_frames
+
 
 def moving_frames(count: int, width: int = 128, height: int = 128) -> list[np.ndarray]:
     """Smooth colour ramps with a drifting wave, (height, width, 3) uint8: easy for every codec."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    frames = []
-    for i in range(count):
-        r = 40 + 160 * x / width + 2 * i
-        g = 40 + 160 * y / height
-        b = 120 + 60 * np.sin((x + y + 3 * i) / 9.0)
-        frames.append(np.stack([r, g, b], axis=-1).round().astype(np.uint8))
-    return frames
+    return gradient_frames(count, width, height)
 
 
 def write_y4m(path: Path, frames: list[np.ndarray], rate: Fraction = Fraction(30)) -> Path:
