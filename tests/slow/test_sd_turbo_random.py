@@ -22,7 +22,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 from safetensors.torch import save_file  # noqa: E402
 
 from promptus_codec.container.records import GenerationConstants  # noqa: E402
-from promptus_codec.models import sd_turbo  # noqa: E402
+from promptus_codec.models import fingerprint, sd_turbo  # noqa: E402
 from promptus_codec.models.sd_turbo import TAESD, TAESD_REVISION, UNET, VAE, build_component, load_sd_turbo  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -157,11 +157,11 @@ def test_random_sd_turbo_single_file_loads_and_generates(random_sd_turbo, offlin
 
     identity = model.identity()
     assert identity.name == "sd-turbo"
-    assert identity.denoiser_sha256 == sd_turbo._fingerprint_state_dict(unet.state_dict())
+    assert identity.denoiser_sha256 == fingerprint.fingerprint_state_dict(unet.state_dict())
     encoder_weights = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
-    assert identity.encoder_sha256 == sd_turbo._fingerprint_state_dict(encoder_weights)
+    assert identity.encoder_sha256 == fingerprint.fingerprint_state_dict(encoder_weights)
     decoder_weights = {k: v for k, v in taesd.state_dict().items() if k.startswith("decoder.")}
-    assert identity.decoder_sha256 == sd_turbo._fingerprint_state_dict(decoder_weights)
+    assert identity.decoder_sha256 == fingerprint.fingerprint_state_dict(decoder_weights)
     assert len(json.loads((root / "cache" / "promptus-codec" / "fingerprints.json").read_text())) == 3
 
     constants = GenerationConstants()
@@ -188,7 +188,7 @@ def test_random_sd_turbo_second_load_reuses_fingerprints(random_sd_turbo, offlin
     def must_not_hash(state_dict):
         raise AssertionError("fingerprint recomputed although the files did not change")
 
-    monkeypatch.setattr(sd_turbo, "_fingerprint_state_dict", must_not_hash)
+    monkeypatch.setattr(fingerprint, "fingerprint_state_dict", must_not_hash)
     assert load_sd_turbo(device="cpu").identity() == first
 
 
