@@ -127,7 +127,7 @@ def offline(random_sd_turbo, monkeypatch):
     root = random_sd_turbo[3]
     monkeypatch.chdir(root)
     monkeypatch.delenv("PROMPTUS_CHECKPOINTS", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    monkeypatch.setenv("PROMPTUS_CACHE", str(root / "cache"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hf" / "hub"))
 
     def no_network(*args, **kwargs):
@@ -162,7 +162,7 @@ def test_random_sd_turbo_single_file_loads_and_generates(random_sd_turbo, offlin
     assert identity.encoder_sha256 == fingerprint.fingerprint_state_dict(encoder_weights)
     decoder_weights = {k: v for k, v in taesd.state_dict().items() if k.startswith("decoder.")}
     assert identity.decoder_sha256 == fingerprint.fingerprint_state_dict(decoder_weights)
-    assert len(json.loads((root / "cache" / "promptus-codec" / "fingerprints.json").read_text())) == 3
+    assert len(json.loads((root / "cache" / "fingerprints.json").read_text())) == 3
 
     constants = GenerationConstants()
     generator = torch.Generator().manual_seed(1)
