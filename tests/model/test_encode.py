@@ -240,8 +240,13 @@ def test_lpips_without_backbone_weights_says_what_to_do(clip, tmp_path):
         pytest.skip("the AlexNet backbone is in the torch hub cache on this machine")
     out = tmp_path / "o.prx"
     args = [a for a in FAST if a not in ("--perceptual", "none")]
-    result = encode(clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", *args)
+    result = encode(clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", "--perceptual", "lpips", *args)
     assert result.exit_code == 1
     assert "alexnet-owt-7be5be79.pth" in result.output and "--perceptual none" in result.output
     assert result.output.count("\n") == 1
     assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
+    # The default, auto, warns and fits with MSE alone; the stream records what was used.
+    result = encode(clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", *args)
+    assert result.exit_code == 0 and "fitting with MSE only" in result.output
+    settings = next(r for r in read_prx(out).records if isinstance(r, EncoderSettingsRecord)).settings
+    assert settings["perceptual"] == "none"
