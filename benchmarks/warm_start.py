@@ -14,7 +14,6 @@ import argparse
 import json
 import time
 from dataclasses import replace
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,6 @@ uninterrupted run writes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -389,7 +388,6 @@ class Encoder:
                 kept.pop()
             order = DecodeOrder(header)
             offset = len(self._header_bytes(header))
-            frames_of: dict[int, KeyframeRecord] = {}
             for record, end in kept:
                 order.accept(record, offset)
                 offset = end

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from promptus_codec.prompt import INT8_MAX, INT8_MIN, Factors, compose, interpolate, quant_params
+from promptus_codec.prompt import INT8_MAX, INT8_MIN, Factors, interpolate, quant_params
 
 
 @dataclass(frozen=True)

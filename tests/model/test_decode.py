@@ -7,7 +7,6 @@ import math
 import pathlib
 import subprocess
 import sys
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 from promptus_codec.cli import main
 from promptus_codec.container.reader import PrxReader, read_prx
 from promptus_codec.container.records import KeyframeRecord, ModelIdentity, SceneRecord
-from promptus_codec.decoder.driver import DecodeReport, decode_frames, decode_interval, dequantized_factors
+from promptus_codec.decoder.driver import decode_frames, dequantized_factors
 from promptus_codec.decoder.torch_runtime import TorchRuntime
 from promptus_codec.media.color import rgb_to_yuv
 from promptus_codec.noise import initial_noise

@@ -15,7 +15,6 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 from safetensors.torch import save_file  # noqa: E402
 
 from promptus_codec.errors import MissingDependencyError, ModelError, WeightsNotFoundError  # noqa: E402
-from promptus_codec.models import sd_turbo  # noqa: E402
 from promptus_codec.models.sd_turbo import (  # noqa: E402
     SD_TURBO_REVISION,
     SPEC,

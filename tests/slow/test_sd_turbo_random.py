@@ -22,7 +22,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 from safetensors.torch import save_file  # noqa: E402
 
 from promptus_codec.container.records import GenerationConstants  # noqa: E402
-from promptus_codec.models import fingerprint, sd_turbo  # noqa: E402
+from promptus_codec.models import fingerprint  # noqa: E402
 from promptus_codec.models.sd_turbo import TAESD, TAESD_REVISION, UNET, VAE, build_component, load_sd_turbo  # noqa: E402
 
 pytestmark = pytest.mark.slow
