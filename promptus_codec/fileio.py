@@ -10,25 +10,50 @@ from pathlib import Path
 from typing import Iterator
 
 
+class TemporaryTarget:
+    """A temporary name beside ``target``; :meth:`commit` renames it onto the target.
+
+    For a file the name is reserved but left free for the writer to create; for a folder
+    (``folder=True``) the empty folder is made. ``suffix`` keeps an extension on the name
+    for writers that choose a format by it.
+    """
+
+    def __init__(self, target: str | os.PathLike, folder: bool = False, suffix: str = ""):
+        self.target = Path(target)
+        self.folder = folder
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=f".partial{suffix}", dir=self.target.parent)
+        os.close(fd)
+        os.unlink(name)
+        self.path = Path(name)
+        if folder:
+            self.path.mkdir()
+
+    def commit(self) -> None:
+        """Rename onto the target; a target folder must be empty (the caller checked)."""
+        if self.folder and self.target.is_dir():
+            self.target.rmdir()
+        os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        """Remove the temporary file or folder, if it is there."""
+        if self.path.is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds.
 
     On any exception the temporary file (or folder) is removed and ``target`` is untouched.
-    ``suffix`` keeps an extension on the temporary name for writers that choose a format by it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
-    os.close(fd)
-    os.unlink(name)  # the writer creates it (a file or a folder)
-    temporary = Path(name)
+    temporary = TemporaryTarget(target, suffix=suffix)
     try:
-        yield temporary
-        os.replace(temporary, target)
+        yield temporary.path
+        temporary.commit()
     except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
+        temporary.discard()
         raise

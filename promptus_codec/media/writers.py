@@ -2,7 +2,7 @@
 
 Every writer takes RGB uint8 (H, W, 3) frames through ``write(frame)`` and is finished by
 ``close()`` or by leaving its ``with`` block. Output goes to a hidden temporary name
-beside the target (``.NAME.XXXXXXXX.part``) and is renamed onto the target only when
+beside the target (``.NAME.XXXXXXXX.partial``, :class:`promptus_codec.fileio.TemporaryTarget`) and is renamed onto the target only when
 the writer closes cleanly; :meth:`FrameWriter.abort`, which ``with`` calls on an
 exception, removes it and leaves the target untouched. y4m on stdout ("-") has no
 temporary file.
@@ -14,14 +14,13 @@ y4m and mp4 frames are converted to Y'CbCr by :func:`promptus_codec.media.color.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import uuid
 from fractions import Fraction
 
 import numpy as np
 
 from promptus_codec.errors import MediaError, require
+from promptus_codec.fileio import TemporaryTarget
 from promptus_codec.media.color import pix_fmt, rgb_to_yuv
 
 BT601_COLORSPACE = 6  # AVCOL_SPC_SMPTE170M: the BT.601 matrix
@@ -65,7 +64,7 @@ class FrameWriter:
         if self.frame_rate <= 0:
             raise MediaError(f"frame rate {frame_rate} is not positive")
         self._target = None if path == "-" else self._check_target()
-        self._temp = None  # made by _open(), at the first frame
+        self._temporary: TemporaryTarget | None = None  # made by _open(), at the first frame
 
     # -- atomic output -------------------------------------------------------------
 
@@ -85,24 +84,15 @@ class FrameWriter:
         return target
 
     def _make_temp(self) -> str:
-        parent, name = os.path.split(self._target)
-        temp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.part")
-        if self._as_folder:
-            os.mkdir(temp)
-        return temp
+        self._temporary = TemporaryTarget(self._target, folder=self._as_folder)
+        return str(self._temporary.path)
 
     def _commit(self) -> None:
-        if self._as_folder and os.path.isdir(self._target):
-            os.rmdir(self._target)  # empty, checked when the writer opened
-        os.replace(self._temp, self._target)
+        self._temporary.commit()
 
     def _discard(self) -> None:
-        if self._temp is None or not os.path.exists(self._temp):
-            return
-        if self._as_folder:
-            shutil.rmtree(self._temp, ignore_errors=True)
-        else:
-            os.remove(self._temp)
+        if self._temporary is not None:
+            self._temporary.discard()
 
     # -- encoding ------------------------------------------------------------------
 
@@ -111,10 +101,9 @@ class FrameWriter:
         if self._target is None:
             file = sys.stdout.buffer
         elif self._as_folder:
-            self._temp = self._make_temp()
-            file = os.path.join(self._temp.replace("%", "%%"), self._pattern)  # image2 pattern
+            file = os.path.join(self._make_temp().replace("%", "%%"), self._pattern)  # image2 pattern
         else:
-            self._temp = file = self._make_temp()
+            file = self._make_temp()
         try:
             self._container = self._av.open(file, "w", format=muxer, options=muxer_options)
             stream = self._container.add_stream(codec, rate=self.frame_rate, options=codec_options)
