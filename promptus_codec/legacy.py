@@ -27,6 +27,7 @@ from promptus_codec.container.records import (
     QuantScheme,
     SceneRecord,
     SourceGeometry,
+    UNKNOWN_DIGEST,
 )
 from promptus_codec.container.writer import write_prx
 from promptus_codec.errors import MediaError, require
@@ -35,7 +36,6 @@ PROMPT_FILE = re.compile(r"frame_(\d+)\.prompt")
 # The reference's constants: seed 88, noisy = 0.05 z_prev + 0.95 N0, SD-Turbo at t = 999.
 REFERENCE_CONSTANTS = GenerationConstants()
 VAE_SCALE_FACTOR = 8  # SD latents are 1/8 of the picture along each side
-UNKNOWN_DIGEST = bytes(32)  # spec §3.5: the writer does not know the weights' fingerprint
 
 
 def _load(path: Path):

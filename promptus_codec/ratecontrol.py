@@ -25,7 +25,7 @@ from promptus_codec.container.codec import HEADER_BODY_V1_SIZE
 from promptus_codec.container.records import LATENT_DTYPES, LatentFormat
 from promptus_codec.errors import RateControlError
 
-FRAMING = schema.RECORD_PREFIX_SIZE + schema.RECORD_CRC_SIZE
+FRAMING = schema.RECORD_FRAMING_SIZE
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,12 @@ def fixed_bytes(layout: StreamLayout, interval: int) -> int:
         total += FRAMING + layout.settings_bytes
     if layout.quality_records:
         total += keyframes * (FRAMING + schema.QUALITY_FIXED_SIZE) + layout.frame_count * schema.QUALITY_PER_FRAME
-    total += FRAMING + 4 + scenes * schema.SEEK_ENTRY_SIZE  # SeekIndex
-    total += FRAMING + schema.END_PAYLOAD_SIZE
-    return total
+    return total + tail_bytes(scenes)
+
+
+def tail_bytes(scene_count: int) -> int:
+    """The SeekIndex and End records that close every stream."""
+    return FRAMING + 4 + scene_count * schema.SEEK_ENTRY_SIZE + FRAMING + schema.END_PAYLOAD_SIZE
 
 
 @dataclass

@@ -19,7 +19,7 @@ from promptus_codec.container.records import (
 from promptus_codec.container.reader import PrxReader, Truncation
 from promptus_codec.container import schema
 
-FRAMING = schema.RECORD_PREFIX_SIZE + schema.RECORD_CRC_SIZE
+FRAMING = schema.RECORD_FRAMING_SIZE
 
 
 @dataclass

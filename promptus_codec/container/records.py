@@ -141,6 +141,9 @@ class GenerationConstants:
             object.__setattr__(self, name, as_float32(getattr(self, name)))
 
 
+UNKNOWN_DIGEST = bytes(32)  # spec §3.5: the writer did not know the weights' fingerprint
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """Which weights made the stream (spec §3.5). Digests are SHA-256, 32 bytes each."""
@@ -149,6 +152,11 @@ class ModelIdentity:
     denoiser_sha256: bytes
     decoder_sha256: bytes
     encoder_sha256: bytes
+
+    @property
+    def unknown(self) -> bool:
+        """True when all three digests are zero: only the name identifies the model."""
+        return self.denoiser_sha256 == self.decoder_sha256 == self.encoder_sha256 == UNKNOWN_DIGEST
 
     def short(self) -> str:
         """A human-readable id: the name and the first bytes of each digest."""

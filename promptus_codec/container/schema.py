@@ -108,6 +108,7 @@ record_prefix = Struct(
 )
 RECORD_PREFIX_SIZE = 6
 RECORD_CRC_SIZE = 4
+RECORD_FRAMING_SIZE = RECORD_PREFIX_SIZE + RECORD_CRC_SIZE  # bytes a record adds around its payload
 
 # ---------------------------------------------------------------------------
 # §6 Record payloads

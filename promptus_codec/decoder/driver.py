@@ -32,7 +32,6 @@ from promptus_codec.errors import ModelMismatchError
 from promptus_codec.noise import initial_noise
 from promptus_codec.prompt import Factors, dequantize, interval_prompts
 
-UNKNOWN_DIGEST = bytes(32)
 DEFAULT_MAX_BATCH = 16  # frames per runtime call; every chunk shares the interval's noisy input
 
 
@@ -55,8 +54,7 @@ def check_model(header: FileHeader, model: ModelIdentity, warn=None) -> None:
     by model name alone, with a warning.
     """
     stream = header.model
-    digests = (stream.denoiser_sha256, stream.decoder_sha256, stream.encoder_sha256)
-    if all(d == UNKNOWN_DIGEST for d in digests):
+    if stream.unknown:
         if stream.name != model.name:
             raise ModelMismatchError(f"stream was made for model {stream.name!r}, but {model.name!r} is loaded")
         if warn:

@@ -31,7 +31,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from promptus_codec.container import schema
 from promptus_codec.container.order import DecodeOrder
 from promptus_codec.container.reader import PrxReader
 from promptus_codec.container.records import (
@@ -55,7 +54,7 @@ from promptus_codec.metrics.quality import psnr as psnr_db
 from promptus_codec.models.base import GenerationModel
 from promptus_codec.noise import initial_noise
 from promptus_codec.prompt import Factors
-from promptus_codec.ratecontrol import FRAMING, RatePlan, StreamLayout, plan_rate
+from promptus_codec.ratecontrol import FRAMING, RatePlan, StreamLayout, plan_rate, tail_bytes
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -312,7 +311,7 @@ class Encoder:
             writer.write(settings)
         with stream:
             self._run(video, analysis, header, rate, keyframes, runtime, noise, state, writer, stream)
-            padding = rate.total_bytes - writer.offset - FRAMING - self._tail_bytes(writer) if rate.padding_bytes >= 0 else -1
+            padding = rate.total_bytes - writer.offset - FRAMING - tail_bytes(writer.order.scene_count) if rate.padding_bytes >= 0 else -1
             if padding >= 0:
                 writer.write(PaddingRecord(padding))
             end = writer.finish()
@@ -334,11 +333,6 @@ class Encoder:
     def _write_recon(self, interval: Interval) -> None:
         for image in interval.images if self.recon is not None else ():
             self.recon.write(image)
-
-    @staticmethod
-    def _tail_bytes(writer: PrxWriter) -> int:
-        """SeekIndex + End, which finish() appends after the padding."""
-        return FRAMING + 4 + schema.SEEK_ENTRY_SIZE * writer.order.scene_count + FRAMING + schema.END_PAYLOAD_SIZE
 
     def _run(self, video, analysis, header, rate, keyframes, runtime, noise, state, writer, stream):
         """Stream the frames again and fit every keyframe not yet written."""

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
 from promptus_codec.container.records import GenerationConstants, ModelIdentity, NoiseGenerator, PredictionType
-from promptus_codec.decoder.driver import UNKNOWN_DIGEST
 
 ONNX_OPSET = 18  # the dynamo exporter's best-tested opset; SD-Turbo exports and matches torch there
 PRECISIONS = ("fp32", "fp16")  # weights and activations of an exported graph (its inputs stay float32)
@@ -45,7 +44,7 @@ def slug(text: str) -> str:
 
 def weights_id(identity: ModelIdentity) -> str | None:
     """12 hex digits naming the denoiser and decoder weights; None for a stream without fingerprints."""
-    if all(d == UNKNOWN_DIGEST for d in (identity.denoiser_sha256, identity.decoder_sha256, identity.encoder_sha256)):
+    if identity.unknown:
         return None
     return hashlib.sha256(identity.denoiser_sha256 + identity.decoder_sha256).hexdigest()[:12]
 
