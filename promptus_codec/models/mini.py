@@ -1,0 +1,134 @@
+"""The built-in ``mini`` model: SD-Turbo's shape, trained here so that decoded video looks like its source.
+
+    pixels (B, 3, H, W) --AutoencoderKL encoder, posterior mean x 0.18215--> latent (B, 4, H/8, W/8)
+    noisy latent + prompt (B, 77, 1024) --UNet2DConditionModel (epsilon, t = 999)--> (B, 4, h, w)
+    latent (B, 4, h, w) --AutoencoderTiny decoder--> pixels (B, 3, 8h, 8w)
+    pixels (B, 3, H, W) --PromptEncoder--> factors U (B, 77, 16), V (B, 16, 1024)   (encoder side only)
+
+The same three diffusers classes, interfaces and constants as SD-Turbo (and as ``tiny``), so
+fitting, decoding, ONNX export, fingerprints and the container take the SD-Turbo code paths.
+It is *not* SD-Turbo: a few million weights trained for about an hour on a 2-core CPU, on the
+permissively licensed clips and stills listed in scripts/DATA.md, by scripts/train_builtin.py.
+
+The fourth network, the amortised :class:`PromptEncoder`, predicts a frame's rank-16 factors in
+one pass; the first r columns of U and rows of V are a rank-r prompt (trained for r = 4..16).
+The encoder may start fitting there. It never reaches the decoder, so it is not part of the
+model's identity; it has a fingerprint of its own (:func:`prompt_encoder_digest`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS_FILE = Path(__file__).parent / "weights" / "mini.safetensors"
+PROVENANCE_FILE = WEIGHTS_FILE.with_suffix(".provenance.json")  # training record, beside the weights
+
+# Sizes chosen by measurement (benchmarks in the README; 2-core CPU, float32, 128x128, K = 10):
+# one fitting iteration (UNet + decoder, forward and backward) costs 560 ms against tiny's 325 ms.
+# A 20-channel decoder cost 2.9x a 16-channel one (oneDNN likes multiples of 16), so the decoder
+# keeps tiny's 16 channels at full resolution and gets its extra depth at low resolution.
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    """Sizes of the mini networks."""
+
+    unet_channels: tuple[int, ...] = (64, 128, 128)  # three levels: 16^2, 8^2, 4^2 latents at 128^2
+    unet_head_dim: int = 16  # 4 heads at 64 channels, 8 at 128
+    cross_attention_dim: int = 1024  # SD 2.x prompt width
+    norm_num_groups: int = 16  # divides every UNet and VAE channel count
+    decoder_channels: int = 16  # TAESD needs one width for all levels; 16 at full res is the budget
+    decoder_blocks: tuple[int, ...] = (3, 3, 2, 1)  # depth where it is cheap: 16^2, 32^2, 64^2, 128^2
+    encoder_channels: tuple[int, ...] = (32, 64, 64, 64)  # SD VAE shape, /8; runs once a scene
+    latent_channels: int = 4  # SD latent layout
+    latent_scale: float = 0.18215  # SD VAE scaling factor; training keeps latents near unit std
+    max_rank: int = 16  # the prompt encoder's rank; a prefix of it is a lower-rank prompt
+    prompt_encoder_width: int = 256  # hidden width of the prompt encoder's head
+    prompt_basis: int = 64  # V rows are mixtures of this many learned 1024-wide basis rows
+
+    def unet_kwargs(self) -> dict:
+        return dict(
+            in_channels=self.latent_channels,
+            out_channels=self.latent_channels,
+            block_out_channels=self.unet_channels,
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=self.cross_attention_dim,
+            attention_head_dim=self.unet_head_dim,
+            norm_num_groups=self.norm_num_groups,
+            use_linear_projection=True,  # as SD 2.x
+        )
+
+    def taesd_kwargs(self) -> dict:
+        levels = len(self.decoder_blocks)
+        return dict(
+            latent_channels=self.latent_channels,
+            encoder_block_out_channels=(4,) * levels,  # TAESD's encoder half never runs: minimal
+            num_encoder_blocks=(1,) * levels,
+            decoder_block_out_channels=(self.decoder_channels,) * levels,
+            num_decoder_blocks=self.decoder_blocks,
+        )
+
+    def vae_kwargs(self) -> dict:
+        levels = len(self.encoder_channels)
+        return dict(
+            latent_channels=self.latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=self.encoder_channels,
+            layers_per_block=1,
+            norm_num_groups=self.norm_num_groups,
+            scaling_factor=self.latent_scale,
+        )
+
+    def prompt_encoder_kwargs(self) -> dict:
+        return dict(
+            max_rank=self.max_rank,
+            width=self.prompt_encoder_width,
+            basis=self.prompt_basis,
+            tokens=77,
+            prompt_dim=self.cross_attention_dim,
+        )
+
+
+class PromptEncoder(nn.Module):
+    """Amortised prompt inversion: a frame in, rank-``max_rank`` factors out.
+
+    images (B, 3, H, W) in [0, 1] --5 stride-2 convs--> (B, 256, H/32, W/32) --pool 4x4-->
+    (B, 4096) --MLP--> U (B, 77, R) and mixing weights (B, R, basis) @ basis (basis, 1024) = V.
+    U is scaled so that c = U V / sqrt(r) has entries of order 1 for every prefix rank r.
+    """
+
+    def __init__(self, max_rank: int = 16, width: int = 256, basis: int = 64, tokens: int = 77, prompt_dim: int = 1024):
+        super().__init__()
+        self.max_rank, self.tokens = max_rank, tokens
+        channels = (3, 32, 64, 128, 128, 256)
+        layers = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())  # (B, 4096)
+        self.hidden = nn.Sequential(nn.Linear(channels[-1] * 16, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU())
+        self.to_u = nn.Linear(width, tokens * max_rank)
+        self.to_mix = nn.Linear(width, max_rank * basis)
+        self.basis = nn.Parameter(torch.randn(basis, prompt_dim) / math.sqrt(basis))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> U (B, 77, R), V (B, R, 1024), float32."""
+        h = self.hidden(self.features(images * 2 - 1))  # (B, width)
+        u = self.to_u(h).view(-1, self.tokens, self.max_rank)  # (B, 77, R)
+        mix = self.to_mix(h).view(-1, self.max_rank, self.basis.shape[0])  # (B, R, basis)
+        return u, mix @ self.basis  # (B, 77, R), (B, R, 1024)
+
+
+def prompt_encoder_digest(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """Fingerprint of the prompt encoder's weights (as stored), in the scheme of models/fingerprint.py."""
+    from promptus_codec.models.fingerprint import fingerprint_state_dict
+
+    return fingerprint_state_dict(state_dict)
