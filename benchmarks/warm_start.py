@@ -62,7 +62,7 @@ def main() -> None:
         start = time.perf_counter()
         result = fit_keyframe(
             runtime.generator, frames_to_tensor(targets, "cpu"), torch.from_numpy(z_prev), noise_t, frame, args.rank,
-            previous, replace(config, warm_start=warm is not None), perceptual, warm=warm,
+            previous, replace(config, init="random" if warm is None else "warm"), perceptual, warm=warm,
             on_step=lambda step, value, best: losses.append(best),
         )
         return result, losses, time.perf_counter() - start

@@ -115,7 +115,9 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 
 
 model_option = click.option(
-    "--model", default=None, help="tiny (built in) or sd-turbo. Default: encode tiny; decode the stream's own model."
+    "--model", default=None,
+    help="mini (built in, trained), tiny (built in, random: fast tests) or sd-turbo. Default: encode mini; "
+    "decode the stream's own model."
 )
 weights_option = click.option(
     "--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id (default: search)."
@@ -149,6 +151,11 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
 @click.option("--no-warm-start", is_flag=True, help="Start each keyframe from random factors, not the previous keyframe's.")
 @click.option(
+    "--init", type=click.Choice(["auto", "random", "warm", "amortized"]), default="auto", show_default=True,
+    help="Where fitting starts: the model's prompt encoder (amortized; mini has one), the previous keyframe (warm), "
+    "or random. auto: amortized where the model has a prompt encoder, else warm.",
+)
+@click.option(
     "--perceptual", default="auto", show_default=True,
     help="lpips (needs AlexNet weights in the torch hub cache), none, or auto: lpips when its weights are present.",
 )
@@ -164,7 +171,7 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @dtype_option
 @quiet_option
 def encode(input, output, bitrate, rank, interval, min_rank, model, weights, preset, iterations, first_iterations, lr,
-           alpha, beta, no_warm_start, perceptual, size, fit_mode, fps, refresh, cut_threshold, latent_format, resume,
+           alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, cut_threshold, latent_format, resume,
            recon, device, dtype, quiet):
     """Encode a video (mp4/mkv/mov/webm, .y4m or '-' for y4m on stdin, or a folder of PNG/JPEG frames)."""
     from promptus_codec.encoder.cli_run import run_encode
@@ -172,12 +179,13 @@ def encode(input, output, bitrate, rank, interval, min_rank, model, weights, pre
     overrides = {
         "iterations": iterations, "first_iterations": first_iterations, "lr": lr, "alpha": alpha, "temporal_beta": beta,
     }
-    if no_warm_start:
-        overrides["warm_start"] = False
+    if init == "auto":
+        init = "random" if no_warm_start else "amortized" if (model or "mini") == "mini" else "warm"
+    overrides["init"] = init
     run_encode(
         input, output,
         target_kbps=parse_bitrate(bitrate), rank=rank, interval=interval, min_rank=min_rank,
-        model_name=model or "tiny", weights=weights, preset=preset,
+        model_name=model or "mini", weights=weights, preset=preset,
         overrides={k: v for k, v in overrides.items() if v is not None}, perceptual=perceptual,
         size=parse_size(size), fit_mode=fit_mode, fps=None if fps is None else parse_fraction(fps),
         refresh=refresh, cut_threshold=cut_threshold, latent_format=latent_format, resume=resume, recon=recon,

@@ -244,10 +244,19 @@ class Encoder:
         self.on_keyframe = on_keyframe
         self.recon = recon  # a media frame writer for the encoder's own reconstruction, or None
         self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
+        self.initializer, self.initializer_digest = None, None
+        if self.fit.init == "amortized":
+            from promptus_codec.models.registry import load_initializer
+
+            self.initializer, self.initializer_digest = load_initializer(model.spec.name, model.device)
+        elif self.fit.init not in ("random", "warm"):
+            raise PrxError(f"unknown init {self.fit.init!r}: choose random, warm or amortized")
 
     def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
         header = build_header(self.model, analysis)
         settings = self.options.settings(self.model.spec.name)
+        # What the encode started from changes its bytes, though not what a decoder needs.
+        settings["initializer"] = None if self.initializer_digest is None else self.initializer_digest.hex()
         layout = StreamLayout(
             scene_lengths=analysis.scene_lengths,
             frame_rate=analysis.frame_rate,
@@ -274,7 +283,7 @@ class Encoder:
             as_torch(state.previous),
             self.fit,
             self.perceptual,
-            warm=as_torch(state.previous),
+            warm=self._predicted(frames[-1], keyframe, rank) if self.initializer else as_torch(state.previous),
         )
         record = KeyframeRecord(
             keyframe, rank, QuantScheme.AFFINE_INT8, result.u_scale, result.u_zero_point, result.v_scale, result.v_zero_point, result.u, result.v
@@ -282,6 +291,12 @@ class Encoder:
         writer.write(record)
         self._reconstruct(runtime, noise, state, record, frames, writer, result.frame_losses)
         return result
+
+    def _predicted(self, frame: np.ndarray, keyframe: int, rank: int) -> Factors:
+        """The prompt encoder's rank-``rank`` factors for one (H, W, 3) frame, a start for fitting."""
+        with torch.no_grad():
+            u, v = self.initializer(frames_to_tensor([frame], self.model.device))  # (1, m, R), (1, R, n)
+        return Factors(keyframe, u[0, :, :rank].float().cpu(), v[0, :rank].float().cpu())
 
     def _reconstruct(self, runtime, noise, state: _State, record: KeyframeRecord, frames, writer, losses) -> Interval:
         """Decode ``record`` as the decoder will; write its Quality record; advance the state."""

@@ -37,7 +37,7 @@ class FitConfig:
     alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
     l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding
     temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
-    warm_start: bool = True  # start from the previous keyframe's stored factors (same rank)
+    init: str = "warm"  # where fitting starts: random | warm (previous keyframe, same rank) | amortized (prompt encoder)
     max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
     seed: int = 0  # initial factors come from a generator seeded with (seed, frame index)
 
@@ -131,7 +131,7 @@ def fit_keyframe(
     frames = targets.shape[0]
     first_frame = frame_index - frames + 1
     m, n = generator.prompt_shape
-    u0, v0 = _initial_factors(m, n, rank, config.seed, frame_index, warm if config.warm_start else None, device)
+    u0, v0 = _initial_factors(m, n, rank, config.seed, frame_index, warm if config.init != "random" else None, device)
     u = torch.nn.Parameter(u0.to(device, torch.float32))
     v = torch.nn.Parameter(v0.to(device, torch.float32))
     optimizer = torch.optim.Adam([u, v], lr=config.lr)

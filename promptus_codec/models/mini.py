@@ -21,12 +21,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-WEIGHTS_FILE = Path(__file__).parent / "weights" / "mini.safetensors"
-PROVENANCE_FILE = WEIGHTS_FILE.with_suffix(".provenance.json")  # training record, beside the weights
+from promptus_codec.models.base import ModelSpec
+
+if TYPE_CHECKING:
+    from promptus_codec.models.device import Layout
+    from promptus_codec.models.tiny import TinyModel
+
+WEIGHTS_FILE = Path(__file__).parent / "weights" / "mini.safetensors"  # float16, with the prompt encoder
+CONFIG_FILE = WEIGHTS_FILE.with_suffix(".json")  # diffusers configs and fingerprints, read by the loader
+PROVENANCE_FILE = WEIGHTS_FILE.with_suffix(".provenance.json")  # how it was trained: data, steps, losses
+
+SPEC = ModelSpec(name="mini")  # SD 2.x prompt and latent shapes, the reference's constants
+PROMPT_ENCODER_KEY = "prompt_encoder"  # key prefix of the fourth network in mini.safetensors
 
 # Sizes chosen by measurement (benchmarks in the README; 2-core CPU, float32, 128x128, K = 10):
 # one fitting iteration (UNet + decoder, forward and backward) costs 560 ms against tiny's 325 ms.
@@ -101,19 +112,19 @@ class MiniConfig:
 class PromptEncoder(nn.Module):
     """Amortised prompt inversion: a frame in, rank-``max_rank`` factors out.
 
-    images (B, 3, H, W) in [0, 1] --5 stride-2 convs--> (B, 256, H/32, W/32) --pool 4x4-->
-    (B, 4096) --MLP--> U (B, 77, R) and mixing weights (B, R, basis) @ basis (basis, 1024) = V.
+    images (B, 3, H, W) in [0, 1] --5 stride-2 convs--> (B, 128, H/32, W/32) --pool 4x4-->
+    (B, 2048) --MLP--> U (B, 77, R) and mixing weights (B, R, basis) @ basis (basis, 1024) = V.
     U is scaled so that c = U V / sqrt(r) has entries of order 1 for every prefix rank r.
     """
 
     def __init__(self, max_rank: int = 16, width: int = 256, basis: int = 64, tokens: int = 77, prompt_dim: int = 1024):
         super().__init__()
         self.max_rank, self.tokens = max_rank, tokens
-        channels = (3, 32, 64, 128, 128, 256)
+        channels = (3, 32, 64, 128, 128, 128)
         layers = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())  # (B, 4096)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())  # (B, 2048)
         self.hidden = nn.Sequential(nn.Linear(channels[-1] * 16, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU())
         self.to_u = nn.Linear(width, tokens * max_rank)
         self.to_mix = nn.Linear(width, max_rank * basis)
@@ -127,8 +138,22 @@ class PromptEncoder(nn.Module):
         return u, mix @ self.basis  # (B, 77, R), (B, R, 1024)
 
 
-def prompt_encoder_digest(state_dict: dict[str, torch.Tensor]) -> bytes:
-    """Fingerprint of the prompt encoder's weights (as stored), in the scheme of models/fingerprint.py."""
-    from promptus_codec.models.fingerprint import fingerprint_state_dict
+def load_mini(
+    device: "str | torch.device" = "auto",
+    dtype: "str | torch.dtype" = "auto",
+    layout: "Layout | None" = None,
+) -> "TinyModel":
+    """The mini generator (UNet, TAESD-shaped decoder, VAE encoder) from the shipped files."""
+    from promptus_codec.models.tiny import load_builtin
 
-    return fingerprint_state_dict(state_dict)
+    return load_builtin(SPEC, WEIGHTS_FILE, device, dtype, layout)
+
+
+def load_prompt_encoder(device: "str | torch.device" = "cpu") -> tuple[PromptEncoder, bytes]:
+    """The shipped prompt encoder in float32 and its fingerprint (SHA-256 of its float16 tensors)."""
+    from promptus_codec.models.fingerprint import fingerprint_state_dict, read_safetensors, select
+
+    stored = select(read_safetensors(WEIGHTS_FILE), ("",), strip=PROMPT_ENCODER_KEY + ".")
+    encoder = PromptEncoder(**MiniConfig().prompt_encoder_kwargs())
+    encoder.load_state_dict({k: t.float() for k, t in stored.items()})
+    return encoder.to(device).eval().requires_grad_(False), fingerprint_state_dict(stored)

@@ -1,6 +1,7 @@
 """Models by name, as ``--model`` spells them. Each backend is imported only when asked for.
 
-    "tiny"      the built-in toy model (promptus_codec/models/tiny.py), weights in the package
+    "tiny"      the built-in toy model (promptus_codec/models/tiny.py), random weights in the package
+    "mini"      the built-in trained model (promptus_codec/models/mini.py), weights in the package
     "sd-turbo"  SD 2.1 Turbo + TAESD (promptus_codec/models/sd_turbo.py), user-supplied weights
 """
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
     from promptus_codec.models.base import GenerationModel
 
-MODEL_NAMES = ("tiny", "sd-turbo")
+MODEL_NAMES = ("tiny", "mini", "sd-turbo")
 
 
 def load_model(
@@ -39,6 +40,22 @@ def load_model(
         from promptus_codec.models.tiny import load_tiny
 
         return load_tiny(device=device, dtype=dtype, **kwargs)
+    if name == "mini":
+        from promptus_codec.models.mini import load_mini
+
+        return load_mini(device=device, dtype=dtype, **kwargs)
     from promptus_codec.models.sd_turbo import load_sd_turbo
 
     return load_sd_turbo(device=device, dtype=dtype, **kwargs)
+
+
+def load_initializer(name: str, device: "str | torch.device" = "cpu"):
+    """Model ``name``'s amortised prompt encoder and its fingerprint, for ``--init amortized``.
+
+    Only ``mini`` ships one: it was trained with the model (scripts/train_builtin.py).
+    """
+    if name != "mini":
+        raise ModelError(f"--init amortized needs a model with a trained prompt encoder (mini); {name!r} has none")
+    from promptus_codec.models.mini import load_prompt_encoder
+
+    return load_prompt_encoder(device)

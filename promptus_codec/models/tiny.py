@@ -113,12 +113,11 @@ PARTS = (UNET, TAESD, VAE)
 
 
 class TinyModel(torch.nn.Module):
-    """The tiny networks behind the :class:`~promptus_codec.models.base.GenerationModel` interface."""
+    """A built-in model's networks (tiny or mini) behind the :class:`~promptus_codec.models.base.GenerationModel` interface."""
 
-    spec = SPEC
-
-    def __init__(self, unet, taesd, vae, weights_path: Path | None = None, layout: Layout = Layout()):
+    def __init__(self, unet, taesd, vae, weights_path: Path | None = None, layout: Layout = Layout(), spec: ModelSpec = SPEC):
         super().__init__()
+        self.spec = spec  # tiny's or mini's: same shapes and constants, another name
         self.unet = apply_layout(unet, layout.denoiser_channels_last)  # UNet2DConditionModel
         self.taesd = apply_layout(taesd, layout.decoder_channels_last)  # AutoencoderTiny
         self.vae = vae  # AutoencoderKL; only its encoder half runs
@@ -182,31 +181,52 @@ def load_tiny(
     ``path`` is a ``.safetensors`` file with a ``.json`` of the same stem beside it.
     ``layout`` defaults to :data:`TINY_CPU_LAYOUT` on CPU and to contiguous on CUDA.
     """
+    return load_builtin(SPEC, Path(path) if path is not None else WEIGHTS_FILE, device, dtype, layout)
+
+
+def load_builtin(
+    spec: ModelSpec,
+    weights: Path,
+    device: "str | torch.device" = "auto",
+    dtype: "str | torch.dtype" = "auto",
+    layout: Layout | None = None,
+) -> TinyModel:
+    """Load a built-in model (tiny, mini): ``weights`` (.safetensors) and the ``.json`` beside it.
+
+    Weights outside a part's fingerprinted prefixes (the halves that never run) may be absent
+    from the file; they are then zeros, so the file need not ship them.
+    """
     device, dtype = resolve(device, dtype)
-    weights = Path(path) if path is not None else WEIGHTS_FILE
     config_file = weights.with_suffix(".json")
     if not weights.is_file() or not config_file.is_file():
         raise WeightsNotFoundError(
-            f"tiny model files missing: {weights} and {config_file} (reinstall promptus-codec, "
-            "or rerun scripts/make_tiny_weights.py)"
+            f"{spec.name} model files missing: {weights} and {config_file} (reinstall promptus-codec)"
         )
     try:
         configs = json.loads(config_file.read_text())["components"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot read the tiny model's configs from {config_file}: {exc!r}") from exc
+        raise ModelError(f"cannot read the {spec.name} model's configs from {config_file}: {exc!r}") from exc
     state = fingerprint.read_safetensors(weights)
     parts = build_parts(configs)
-    for key, module in parts.items():
-        own = {name[len(key) + 1:]: t for name, t in state.items() if name.startswith(key + ".")}
-        expected = module.state_dict().keys()
-        if own.keys() != expected:
-            first = sorted(own.keys() ^ expected)[0]
-            raise ModelError(f"{weights} does not fit the tiny {key} of {config_file.name} (first odd key: {first})")
+    for part in PARTS:
+        module = parts[part.key]
+        own = {name[len(part.key) + 1:]: t for name, t in state.items() if name.startswith(part.key + ".")}
+        expected = module.state_dict()
+        missing = expected.keys() - own.keys()
+        odd = sorted((own.keys() - expected.keys()) | {k for k in missing if _runs(part, k)})
+        if odd:
+            raise ModelError(f"{weights} does not fit the {spec.name} {part.key} of {config_file.name} (first odd key: {odd[0]})")
+        own.update({k: torch.zeros(expected[k].shape) for k in missing})  # never-run halves left out of the file
         # Cast the tensors, not the module: diffusers warns on module.to(dtype).
         module.load_state_dict({k: t.to(device=device, dtype=dtype) for k, t in own.items()}, assign=True)
         module.eval().requires_grad_(False)
     if layout is None:
         layout = TINY_CPU_LAYOUT if device.type == "cpu" else Layout()
-    model = TinyModel(parts["unet"], parts["taesd"], parts["vae"], weights_path=weights.resolve(), layout=layout)
+    model = TinyModel(parts["unet"], parts["taesd"], parts["vae"], weights_path=weights.resolve(), layout=layout, spec=spec)
     model.identity()  # fingerprint now (cached per file), while the file is the one just read
     return model
+
+
+def _runs(part: Part, key: str) -> bool:
+    """Whether weight ``key`` of ``part`` reaches the output (is fingerprinted)."""
+    return any(key.startswith(prefix) for prefix in part.fingerprinted)

@@ -1,0 +1,136 @@
+"""The built-in mini model: shipped files, fingerprints, provenance, and that it reconstructs."""
+
+import hashlib
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from promptus_codec.models import fingerprint  # noqa: E402
+from promptus_codec.models.mini import CONFIG_FILE, PROMPT_ENCODER_KEY, PROVENANCE_FILE, WEIGHTS_FILE, load_prompt_encoder  # noqa: E402
+from promptus_codec.models.registry import load_initializer, load_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = ROOT / "scripts" / "train_builtin.py"
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_builtin", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_builtin", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_weights_are_float16_and_at_most_20_mb():
+    assert WEIGHTS_FILE.stat().st_size <= 20_000_000
+    tensors = fingerprint.read_safetensors(WEIGHTS_FILE)
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert {name.split(".")[0] for name in tensors} == {"unet", "taesd", "vae", PROMPT_ENCODER_KEY}
+
+
+def test_fingerprints_equal_the_recorded_values(fingerprint_cache):
+    recorded = json.loads(CONFIG_FILE.read_text())["sha256"]
+    identity = load_model("mini", device="cpu").identity()
+    assert identity.name == "mini"
+    assert identity.denoiser_sha256.hex() == recorded["denoiser"]
+    assert identity.decoder_sha256.hex() == recorded["decoder"]
+    assert identity.encoder_sha256.hex() == recorded["encoder"]
+    _, digest = load_initializer("mini")
+    assert digest.hex() == recorded[PROMPT_ENCODER_KEY]
+    tiny = load_model("tiny", device="cpu").identity()
+    assert tiny.denoiser_sha256 != identity.denoiser_sha256  # two models, two identities
+
+
+def test_provenance_agrees_with_the_shipped_files():
+    provenance = json.loads(PROVENANCE_FILE.read_text())
+    assert provenance["weights_sha256"] == hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
+    assert provenance["steps"] == len(provenance["loss_curve"]) > 0
+    assert [row["step"] for row in provenance["loss_curve"]] == list(range(1, provenance["steps"] + 1))
+    assert provenance["data_sha256"] == json.loads((ROOT / "scripts" / "data_sha256.json").read_text())
+    train = _train_module()
+    assert provenance["train_config"] == asdict(train.TrainConfig())
+    configs = json.loads(CONFIG_FILE.read_text())
+    assert configs["mini_config"] == json.loads(json.dumps(asdict(train.MiniConfig())))
+    tail = provenance["loss_curve"][-100:]
+    assert provenance["final_losses"]["gen_mse"] == pytest.approx(sum(r["gen_mse"] for r in tail) / len(tail), rel=1e-4)
+
+
+def test_data_md_lists_every_source_digest():
+    text = (ROOT / "scripts" / "DATA.md").read_text()
+    for path, digest in json.loads((ROOT / "scripts" / "data_sha256.json").read_text()).items():
+        assert digest in text and path.split("/", 1)[1] in text
+
+
+def test_initializer_is_refused_for_models_without_one():
+    from promptus_codec.errors import ModelError
+
+    with pytest.raises(ModelError, match="mini"):
+        load_initializer("tiny")
+
+
+def _smooth_frame(size: int = 128) -> torch.Tensor:
+    """A smooth, sky-like test picture no training sample saw: (1, 3, size, size) in [0, 1]."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    r = 0.45 + 0.25 * torch.sin(3 * xx + 1) * torch.cos(2 * yy)
+    g = 0.55 + 0.2 * torch.cos(4 * yy - 2 * xx)
+    b = 0.75 + 0.15 * torch.sin(2 * xx + 3 * yy)
+    return torch.stack([r, g, b])[None].clamp(0, 1)
+
+
+def test_mini_reconstructs_a_frame_from_its_predicted_prompt():
+    """One generation step from the prompt encoder's 8-bit rank-8 factors beats a flat frame by far."""
+    from promptus_codec.generate import Generator, initial_noise_tensor
+    from promptus_codec.prompt import Factors, compose, dequantize, quant_params, quantize
+
+    model = load_model("mini", device="cpu", dtype="fp32")
+    encoder, _ = load_prompt_encoder()
+    frame = _smooth_frame()
+    generator = Generator(model)
+    with torch.no_grad():
+        z_prev = model.encode_image(frame)  # (1, 4, 16, 16): a scene's first keyframe
+        u, v = encoder(frame)
+        u, v = u[0, :, :8].numpy(), v[0, :8].numpy()
+        stored = []
+        for x in (u, v):
+            scale, zp = quant_params(x.min(), x.max())
+            stored.append(dequantize(quantize(x, scale, zp), scale, zp))
+        prompt = torch.from_numpy(compose(*stored))[None]  # (1, 77, 1024)
+        noise = initial_noise_tensor(generator.constants, tuple(z_prev.shape[1:]))
+        _, image = generator(z_prev, noise, prompt)
+    mse = torch.mean((image - frame) ** 2).item()
+    flat = torch.mean((frame.mean((2, 3), keepdim=True) - frame) ** 2).item()  # best flat colour per channel
+    assert 10 * math.log10(flat / mse) > 6.0  # at least 6 dB better than the best flat frame
+    assert Factors(0, torch.from_numpy(stored[0]), torch.from_numpy(stored[1])).rank == 8
+
+
+@pytest.mark.slow
+def test_training_from_scratch_repeats_the_committed_curve(tmp_path):
+    """`train_builtin.py --steps 3` from scratch gives the committed curve's first 3 steps.
+
+    Same seed, data and torch build: the draws are identical, so only float summation order
+    (threads, CPU kernels) differs; after 3 Adam steps that moves a loss by far less than 2 %.
+    """
+    pytest.importorskip("skimage", reason="needs the training extra: pip install -e '.[train]'")
+    done = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--steps", "3", "--work", str(tmp_path), "--no-export"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = torch.load(tmp_path / "last.pt", weights_only=True)["log"]
+    committed = json.loads(PROVENANCE_FILE.read_text())["loss_curve"][:3]
+    for mine, theirs in zip(ours, committed):
+        assert mine["rank"] == theirs["rank"]
+        for key in ("gen_mse", "ae_mse", "latent_mse"):
+            if theirs[key] is None:  # phase 1 trains the autoencoder alone
+                assert math.isnan(mine[key])
+            else:
+                assert mine[key] == pytest.approx(theirs[key], rel=0.02)
