@@ -15,6 +15,7 @@ import click
 
 from promptus_codec import __version__
 from promptus_codec.errors import PrxError
+from promptus_codec.encoder.scenes import DEFAULT_DETECTOR, DEFAULT_THRESHOLDS, DETECTORS
 
 
 class PromptusGroup(click.Group):
@@ -163,7 +164,14 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @click.option("--fit", "fit_mode", type=click.Choice(["crop", "pad", "scale"]), default="crop", show_default=True)
 @click.option("--fps", default=None, help="Override the source frame rate, e.g. 30000/1001.")
 @click.option("--refresh", type=float, default=10.0, show_default=True, help="Start a new scene at least every N seconds (0 = only at cuts).")
-@click.option("--cut-threshold", type=float, default=None, help="Relative latent change that starts a scene (default 0.5).")
+@click.option(
+    "--scene-detector", type=click.Choice(DETECTORS), default=DEFAULT_DETECTOR, show_default=True,
+    help="Cut detection: PySceneDetect's content or adaptive detector on pixels, or the paper's latent change (A.1).",
+)
+@click.option(
+    "--cut-threshold", type=float, default=None,
+    help="The scene detector's threshold. Defaults: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_THRESHOLDS.items()) + ".",
+)
 @click.option("--latent-format", type=click.Choice(["float32", "float16", "int8"]), default="float16", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted encode from OUTPUT.partial.")
 @click.option("--recon", default=None, help="Also write the encoder's own reconstruction (y4m, mp4 or PNG folder).")
@@ -171,7 +179,7 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @dtype_option
 @quiet_option
 def encode(input, output, bitrate, rank, interval, min_rank, model, weights, preset, iterations, first_iterations, lr,
-           alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, cut_threshold, latent_format, resume,
+           alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold, latent_format, resume,
            recon, device, dtype, quiet):
     """Encode a video (mp4/mkv/mov/webm, .y4m or '-' for y4m on stdin, or a folder of PNG/JPEG frames)."""
     from promptus_codec.encoder.cli_run import run_encode
@@ -188,7 +196,7 @@ def encode(input, output, bitrate, rank, interval, min_rank, model, weights, pre
         model_name=model or "mini", weights=weights, preset=preset,
         overrides={k: v for k, v in overrides.items() if v is not None}, perceptual=perceptual,
         size=parse_size(size), fit_mode=fit_mode, fps=None if fps is None else parse_fraction(fps),
-        refresh=refresh, cut_threshold=cut_threshold, latent_format=latent_format, resume=resume, recon=recon,
+        refresh=refresh, scene_detector=scene_detector, cut_threshold=cut_threshold, latent_format=latent_format, resume=resume, recon=recon,
         device=device, dtype=dtype, quiet=quiet,
     )
 

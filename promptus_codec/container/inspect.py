@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from promptus_codec.container.records import (
     LATENT_DTYPES,
+    EncoderSettingsRecord,
     FileHeader,
     KeyframeRecord,
     SceneRecord,
@@ -27,6 +28,7 @@ class SceneInfo:
     first_frame: int
     latent_format: str
     record_bytes: int
+    reason: str = "?"  # first | cut | refresh, from the encoder's settings; "?" when it did not say
 
 
 @dataclass
@@ -115,11 +117,17 @@ def summarize(path: str | os.PathLike) -> StreamSummary:
         summary = StreamSummary(reader.header, file_bytes=os.fstat(stream.fileno()).st_size)
         m, n = reader.header.prompt_shape
         latent_values = reader.header.latent_channels * reader.header.latent_height * reader.header.latent_width
+        reasons: dict[int, str] = {}
         for record in reader:
-            if isinstance(record, SceneRecord):
+            if isinstance(record, EncoderSettingsRecord):
+                reasons = _scene_reasons(record.settings)
+            elif isinstance(record, SceneRecord):
                 latent = latent_values * LATENT_DTYPES[record.latent_format].itemsize
                 summary.scenes.append(
-                    SceneInfo(record.first_frame, record.latent_format.name.lower(), FRAMING + schema.SCENE_FIXED_SIZE + latent)
+                    SceneInfo(
+                        record.first_frame, record.latent_format.name.lower(), FRAMING + schema.SCENE_FIXED_SIZE + latent,
+                        reasons.get(record.first_frame, "?"),
+                    )
                 )
                 summary.latent_bytes += latent
             elif isinstance(record, KeyframeRecord):
@@ -131,6 +139,14 @@ def summarize(path: str | os.PathLike) -> StreamSummary:
         summary.complete = reader.end is not None
         summary.truncation = reader.truncation
     return summary
+
+
+def _scene_reasons(settings: dict) -> dict[int, str]:
+    """first frame -> why the scene starts there, from settings["scene_starts"] ([[frame, reason], ...])."""
+    starts = settings.get("scene_starts")
+    if not isinstance(starts, list):
+        return {}
+    return {s[0]: s[1] for s in starts if isinstance(s, list) and len(s) == 2 and isinstance(s[0], int) and isinstance(s[1], str)}
 
 
 def format_summary(s: StreamSummary) -> str:
@@ -153,7 +169,7 @@ def format_summary(s: StreamSummary) -> str:
         f"  encoder   {h.model.encoder_sha256.hex()}",
         f"scenes      {len(s.scenes)}",
     ]
-    lines += [f"  frame {sc.first_frame:>6}  latent {sc.latent_format:<7} {sc.record_bytes:>9} B" for sc in s.scenes]
+    lines += [f"  frame {sc.first_frame:>6}  latent {sc.latent_format:<7} {sc.record_bytes:>9} B  {sc.reason}" for sc in s.scenes]
     ranks = sorted({k.rank for k in s.keyframes})
     lines.append(f"keyframes   {len(s.keyframes)} (rank {', '.join(map(str, ranks))})")
     lines += [f"  frame {k.frame_index:>6}  rank {k.rank:>3} {k.record_bytes:>9} B" for k in s.keyframes]

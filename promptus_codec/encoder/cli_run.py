@@ -10,11 +10,10 @@ import click
 
 from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.encode import PARTIAL_SUFFIX, EncodeOptions, Encoder, VideoInput, analyse
-from promptus_codec.encoder.scenes import DEFAULT_CUT_THRESHOLD
 
 
 def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_name, weights, preset, overrides,
-               perceptual, size, fit_mode, fps, refresh, cut_threshold, latent_format, resume, recon, device, dtype, quiet):
+               perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold, latent_format, resume, recon, device, dtype, quiet):
     from tqdm import tqdm
 
     from promptus_codec.cli import load_named_model
@@ -32,7 +31,7 @@ def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_na
     options = EncodeOptions(
         target_kbps=target_kbps, rank=rank, interval=interval, min_rank=min_rank, preset=preset, size=size,
         fit_mode=fit_mode, fps=fps, refresh_s=refresh,
-        cut_threshold=DEFAULT_CUT_THRESHOLD if cut_threshold is None else cut_threshold,
+        scene_detector=scene_detector, cut_threshold=cut_threshold,
         latent_format=LatentFormat[latent_format.upper()], perceptual=perceptual,
         fit_overrides=tuple(sorted(overrides.items())),
     )

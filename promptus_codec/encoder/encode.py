@@ -1,6 +1,7 @@
 """The encode driver: video in, .prx out, at a target bitrate.
 
-    pass 1  video --media--> coded frames --model.encode_image--> latents --SceneDetector--> scenes
+    pass 1  video --media--> coded frames --CutDetector (pixels, or latents)--> scenes
+            scene starts --model.encode_image--> scene latents
             scenes + shapes --ratecontrol.plan_rate--> interval K, rank per keyframe
     pass 2  for each keyframe k (frames streamed again, one interval held at a time):
               fit U, V through generate.Generator (encoder/fit.py)
@@ -48,7 +49,7 @@ from promptus_codec.container.writer import PrxWriter
 from promptus_codec.decoder.driver import Interval, decode_interval, dequantized_factors
 from promptus_codec.decoder.torch_runtime import TorchRuntime
 from promptus_codec.encoder.fit import PRESETS, FitConfig, PerceptualLoss, fit_keyframe
-from promptus_codec.encoder.scenes import DEFAULT_CUT_THRESHOLD, SceneDetector
+from promptus_codec.encoder.scenes import DEFAULT_DETECTOR, CutDetector, SceneStart, scene_lengths, scene_starts
 from promptus_codec.errors import MediaError, PrxError, TruncatedError
 from promptus_codec.metrics.quality import psnr as psnr_db
 from promptus_codec.models.base import GenerationModel
@@ -72,7 +73,8 @@ class EncodeOptions:
     fit_mode: str = "crop"  # crop (the reference) | pad | scale
     fps: Fraction | None = None  # override the source frame rate
     refresh_s: float = 10.0  # start a scene at least this often (seconds); 0 = only at cuts
-    cut_threshold: float = DEFAULT_CUT_THRESHOLD  # relative latent change that starts a scene
+    scene_detector: str = DEFAULT_DETECTOR  # content | adaptive (PySceneDetect, pixels) | latent (paper A.1)
+    cut_threshold: float | None = None  # the detector's threshold; None = its default (encoder/scenes.py)
     latent_format: LatentFormat = LatentFormat.FLOAT16  # storage of scene latents
     perceptual: str = "lpips"  # lpips | none | lpips-random (tests only: untrained backbone)
     fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
@@ -107,6 +109,7 @@ class Analysis:
     frame_rate: Fraction
     scene_lengths: tuple[int, ...]
     scene_latents: dict[int, np.ndarray]  # first frame -> (C, h, w) float32 VAE latent
+    scene_starts: tuple[SceneStart, ...] = ()  # why each scene starts (first frame, cut, refresh)
 
 
 @dataclass
@@ -167,27 +170,34 @@ def coded_frames(source, coded_width: int, coded_height: int, geometry: SourceGe
 
 
 def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, progress=None) -> Analysis:
-    """Pass 1: geometry, frame rate, scene cuts and scene latents."""
+    """Pass 1: geometry, frame rate, scene cuts, then the scene latents (a second, short read)."""
     from promptus_codec.media import plan_geometry
 
-    with video.open() as source:
-        multiple = 64
-        coded_width, coded_height, geometry = plan_geometry(source.width, source.height, options.size, options.fit_mode, multiple=multiple)
-        frame_rate = source.frame_rate
-        refresh = round(options.refresh_s * frame_rate) if options.refresh_s else 0
-        detector = SceneDetector(options.cut_threshold, int(refresh))
-        latents: dict[int, np.ndarray] = {}
+    def encode_latent(frame: np.ndarray) -> np.ndarray:  # (H, W, 3) uint8 -> (C, h, w) float32
         with torch.inference_mode():
-            for index, frame in enumerate(coded_frames(source, coded_width, coded_height, geometry)):
-                pixels = frames_to_tensor([frame], model.device, model.dtype)
-                latent = np.ascontiguousarray(model.encode_image(pixels)[0].float().cpu().numpy())  # (C, h, w)
-                if detector.add(latent):
-                    latents[index] = latent
-                if progress:
-                    progress(index + 1)
-    if not detector.starts:
+            pixels = frames_to_tensor([frame], model.device, model.dtype)
+            return np.ascontiguousarray(model.encode_image(pixels)[0].float().cpu().numpy())
+
+    with video.open() as source:
+        coded_width, coded_height, geometry = plan_geometry(source.width, source.height, options.size, options.fit_mode, multiple=64)
+        frame_rate = source.frame_rate
+        detector = CutDetector(options.scene_detector, options.cut_threshold, frame_rate, encode_latent)
+        for index, frame in enumerate(coded_frames(source, coded_width, coded_height, geometry)):
+            detector.add(frame)
+            if progress:
+                progress(index + 1)
+    if not detector.frames:
         raise MediaError(f"{video.path} has no frames")
-    return Analysis(coded_width, coded_height, geometry, frame_rate, detector.scene_lengths, latents)
+    refresh = round(options.refresh_s * frame_rate) if options.refresh_s else 0
+    starts = scene_starts(detector.finish(), detector.frames, int(refresh))
+    wanted = {s.frame for s in starts}
+    latents: dict[int, np.ndarray] = {}
+    with video.open() as source:
+        for index, frame in enumerate(coded_frames(source, coded_width, coded_height, geometry)):
+            if index in wanted:
+                latents[index] = encode_latent(frame)
+    lengths = scene_lengths(starts, detector.frames)
+    return Analysis(coded_width, coded_height, geometry, frame_rate, lengths, latents, tuple(starts))
 
 
 def build_header(model: GenerationModel, analysis: Analysis) -> FileHeader:
@@ -257,6 +267,7 @@ class Encoder:
         settings = self.options.settings(self.model.spec.name)
         # What the encode started from changes its bytes, though not what a decoder needs.
         settings["initializer"] = None if self.initializer_digest is None else self.initializer_digest.hex()
+        settings["scene_starts"] = [[start.frame, start.reason] for start in analysis.scene_starts]
         layout = StreamLayout(
             scene_lengths=analysis.scene_lengths,
             frame_rate=analysis.frame_rate,

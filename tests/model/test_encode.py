@@ -90,6 +90,10 @@ def test_hard_cut_gives_two_scenes_with_keyframes_on_both_sides(tmp_path):
     assert scenes == [0, 23]
     assert 22 in keyframes and 23 in keyframes  # last frame before the cut, first after
     assert keyframes == [0, 8, 16, 22, 23, 31, 39]
+    inspected = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
+    assert [(s["first_frame"], s["reason"]) for s in inspected["scenes"]] == [(0, "first"), (23, "cut")]
+    text = CliRunner().invoke(main, ["inspect", str(out)]).output
+    assert "frame     23" in text and text.split("frame     23")[1].split("\n")[0].rstrip().endswith("cut")
 
 
 def test_refresh_starts_scenes_periodically(clip, tmp_path):
