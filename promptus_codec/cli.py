@@ -187,9 +187,10 @@ def encode(input, output, bitrate, rank, interval, min_rank, model, weights, pre
     overrides = {
         "iterations": iterations, "first_iterations": first_iterations, "lr": lr, "alpha": alpha, "temporal_beta": beta,
     }
-    if init == "auto":
-        init = "random" if no_warm_start else "amortized" if (model or "mini") == "mini" else "warm"
-    overrides["init"] = init
+    if no_warm_start:
+        init = "random"
+    if init != "auto":
+        overrides["init"] = init
     run_encode(
         input, output,
         target_kbps=parse_bitrate(bitrate), rank=rank, interval=interval, min_rank=min_rank,

@@ -1,7 +1,7 @@
 """Train the built-in ``mini`` model and write promptus_codec/models/weights/mini.*.
 
-    python scripts/train_builtin.py --steps 3200                  # from scratch (seed 0)
-    python scripts/train_builtin.py --steps 3200 --resume         # go on from the last checkpoint
+    python scripts/train_builtin.py --steps 2800                  # from scratch (seed 0)
+    python scripts/train_builtin.py --steps 2800 --resume         # go on from the last checkpoint
     python scripts/train_builtin.py --export-only                 # rewrite the shipped files from it
 
 Needs the training extra (``pip install -e '.[train]'``): the sources are data files inside the
@@ -17,7 +17,7 @@ What one training sample is (the codec's own situation, DESIGN.md "Data flow"):
     noisy   = 0.05 z_prev + 0.95 N,  N ~ N(0, 1) new per sample   (the reference's mix)
     x0      = DDPM(noisy, UNet(noisy, 999, u v / sqrt(r)))        (generate.py's arithmetic)
     loss    = MSE(D(x0), f_k+s) + MSE(D(E(f_k+s)), f_k+s) + latent_weight MSE(x0, E(f_k+s))
-              + scale_weight (mean E(f)^2 - 1)^2
+              + scale_weight (mean E(f)^2 - 1)^2 + guide_weight MSE(E(f)[:3], pooled colour of f)
 
 E (SD-VAE-shaped encoder), D (TAESD-shaped decoder), the UNet and P (the prompt encoder) train
 jointly. The UNet starts from tiny's calibration (scripts/make_tiny_weights.py): a linear path
@@ -90,13 +90,14 @@ class TrainConfig:
     ae_lr: float = 2e-3  # phase 1 AdamW lr, constant after warm-up
     lr: float = 1e-3  # phase 2 (all four networks) AdamW peak
     warmup: int = 100  # linear warm-up steps at the start of each phase
-    schedule_steps: int = 3200  # phase 2 decays (cosine) to lr_floor at this step, whatever --steps is
+    schedule_steps: int = 2800  # phase 2 decays (cosine) to lr_floor at this step, whatever --steps is
     lr_floor: float = 0.05  # final lr as a fraction of the peak
     weight_decay: float = 0.0  # none: few steps, no overfitting risk worth the bias
     max_interval: int = 12  # K drawn from 1..max_interval; rate control picks about 10
     min_rank: int = 4  # r drawn from min_rank..max_rank (MiniConfig.max_rank)
     latent_weight: float = 0.5  # x0 vs E(target) in latent units, a direct signal for the UNet
     scale_weight: float = 1.0  # keeps scene latents near unit mean square, SD's latent scale
+    guide_weight: float = 1.0  # latent channels 0-2 follow the 8x8-pooled RGB: colour learnt in minutes, not hours
     still_fraction: float = 0.5  # samples from pan/zoom over stills, the rest from the real clip
     max_speed: float = 3.0  # pan speed, pixels per frame at the crop scale
     permute_colours: bool = True  # shuffle RGB per sample: without it the AE lost blue skies (13.8 dB on sky)
@@ -274,8 +275,15 @@ def train_step(model: Mini, batch, cfg: TrainConfig, g: torch.Generator) -> dict
     latent_mse = F.mse_loss(x0, z_target.detach())
     scale = (latents.square().mean() - 1) ** 2
     loss = gen_mse + ae_mse + cfg.latent_weight * latent_mse + cfg.scale_weight * scale
+    loss = loss + cfg.guide_weight * guide(latents, torch.cat([f_k, f_s]))
     return dict(loss=loss, gen_mse=gen_mse.item(), ae_mse=ae_mse.item(), latent_mse=latent_mse.item(),
                 latent_ms=latents.detach().square().mean().item(), rank=rank)
+
+
+def guide(latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """MSE between latent channels 0-2 and the images' 8x8 mean colour, centred and scaled to ~unit std."""
+    pooled = F.avg_pool2d(images, 8)  # (B, 3, H/8, W/8) in [0, 1]
+    return F.mse_loss(latents[:, :3], (pooled - 0.5) / 0.25)
 
 
 def ae_step(model: Mini, batch, cfg: TrainConfig) -> dict[str, float | torch.Tensor]:
@@ -284,7 +292,7 @@ def ae_step(model: Mini, batch, cfg: TrainConfig) -> dict[str, float | torch.Ten
     latents = model.encode(images)
     ae_mse = F.mse_loss(model.decode(latents), images)
     scale = (latents.square().mean() - 1) ** 2
-    return dict(loss=ae_mse + cfg.scale_weight * scale, gen_mse=float("nan"), ae_mse=ae_mse.item(),
+    return dict(loss=ae_mse + cfg.scale_weight * scale + cfg.guide_weight * guide(latents, images), gen_mse=float("nan"), ae_mse=ae_mse.item(),
                 latent_mse=float("nan"), latent_ms=latents.detach().square().mean().item(), rank=0)
 
 

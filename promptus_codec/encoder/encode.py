@@ -255,17 +255,20 @@ class Encoder:
         self.recon = recon  # a media frame writer for the encoder's own reconstruction, or None
         self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
         self.initializer, self.initializer_digest = None, None
-        if self.fit.init == "amortized":
-            from promptus_codec.models.registry import load_initializer
+        from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer
 
+        if self.fit.init == "auto":
+            self.fit = replace(self.fit, init="amortized" if model.spec.name in INITIALIZER_MODELS else "warm")
+        if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(model.spec.name, model.device)
         elif self.fit.init not in ("random", "warm"):
-            raise PrxError(f"unknown init {self.fit.init!r}: choose random, warm or amortized")
+            raise PrxError(f"unknown init {self.fit.init!r}: choose auto, random, warm or amortized")
 
     def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
         header = build_header(self.model, analysis)
         settings = self.options.settings(self.model.spec.name)
         # What the encode started from changes its bytes, though not what a decoder needs.
+        settings["fit"] = self.fit.to_json()  # with "auto" resolved to the start actually used
         settings["initializer"] = None if self.initializer_digest is None else self.initializer_digest.hex()
         settings["scene_starts"] = [[start.frame, start.reason] for start in analysis.scene_starts]
         layout = StreamLayout(

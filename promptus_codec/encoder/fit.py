@@ -37,7 +37,7 @@ class FitConfig:
     alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
     l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding
     temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
-    init: str = "warm"  # where fitting starts: random | warm (previous keyframe, same rank) | amortized (prompt encoder)
+    init: str = "auto"  # start: random | warm (previous keyframe) | amortized (prompt encoder) | auto (amortized if the model has one)
     max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
     seed: int = 0  # initial factors come from a generator seeded with (seed, frame index)
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from promptus_codec.models.base import GenerationModel
 
 MODEL_NAMES = ("tiny", "mini", "sd-turbo")
+INITIALIZER_MODELS = ("mini",)  # models that ship an amortised prompt encoder (--init amortized)
 
 
 def load_model(
@@ -54,7 +55,7 @@ def load_initializer(name: str, device: "str | torch.device" = "cpu"):
 
     Only ``mini`` ships one: it was trained with the model (scripts/train_builtin.py).
     """
-    if name != "mini":
+    if name not in INITIALIZER_MODELS:
         raise ModelError(f"--init amortized needs a model with a trained prompt encoder (mini); {name!r} has none")
     from promptus_codec.models.mini import load_prompt_encoder
 
