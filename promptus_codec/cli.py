@@ -117,8 +117,8 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 
 model_option = click.option(
     "--model", default=None,
-    help="mini (built in, trained), tiny (built in, random: fast tests) or sd-turbo. Default: encode mini; "
-    "decode the stream's own model."
+    help="tiny (built in, random weights), mini (built in, trained here; in training) or sd-turbo. "
+    "Default: encode tiny; decode the stream's own model."
 )
 weights_option = click.option(
     "--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id (default: search)."
@@ -175,12 +175,17 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @click.option("--latent-format", type=click.Choice(["float32", "float16", "int8"]), default="float16", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted encode from OUTPUT.partial.")
 @click.option("--recon", default=None, help="Also write the encoder's own reconstruction (y4m, mp4 or PNG folder).")
+@click.option(
+    "--verify-record/--no-verify-record", default=True, show_default=True,
+    help="After each keyframe, a ReconThumbnail record (16x16 luma of the encoder's reconstruction, 274 bytes) "
+    "that decode --verify compares against.",
+)
 @device_option
 @dtype_option
 @quiet_option
 def encode(input, output, bitrate, rank, interval, min_rank, model, weights, preset, iterations, first_iterations, lr,
            alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold, latent_format, resume,
-           recon, device, dtype, quiet):
+           recon, verify_record, device, dtype, quiet):
     """Encode a video (mp4/mkv/mov/webm, .y4m or '-' for y4m on stdin, or a folder of PNG/JPEG frames)."""
     from promptus_codec.encoder.cli_run import run_encode
 
@@ -194,11 +199,11 @@ def encode(input, output, bitrate, rank, interval, min_rank, model, weights, pre
     run_encode(
         input, output,
         target_kbps=parse_bitrate(bitrate), rank=rank, interval=interval, min_rank=min_rank,
-        model_name=model or "mini", weights=weights, preset=preset,
+        model_name=model or "tiny", weights=weights, preset=preset,
         overrides={k: v for k, v in overrides.items() if v is not None}, perceptual=perceptual,
         size=parse_size(size), fit_mode=fit_mode, fps=None if fps is None else parse_fraction(fps),
         refresh=refresh, scene_detector=scene_detector, cut_threshold=cut_threshold, latent_format=latent_format, resume=resume, recon=recon,
-        device=device, dtype=dtype, quiet=quiet,
+        verify_record=verify_record, device=device, dtype=dtype, quiet=quiet,
     )
 
 
@@ -212,15 +217,23 @@ def encode(input, output, bitrate, rank, interval, min_rank, model, weights, pre
 @click.option("--crf", type=int, default=18, show_default=True, help="mp4 (H.264) quality: lower is better.")
 @click.option("--restore-size", is_flag=True, help="Scale back to the source geometry stored in the header.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Frames per generation call.")
+@click.option(
+    "--verify", is_flag=True,
+    help="Compare each keyframe with the encoder's ReconThumbnail record and report the PSNR; exit 3 (frames still "
+    "written) when one is below --verify-min-psnr.",
+)
+@click.option("--verify-min-psnr", type=float, default=None, help="Threshold of --verify in dB (default 40).")
 @device_option
 @dtype_option
 @quiet_option
-def decode(input, output, model, weights, backend, chroma, crf, restore_size, batch, device, dtype, quiet):
+def decode(input, output, model, weights, backend, chroma, crf, restore_size, batch, verify, verify_min_psnr, device,
+           dtype, quiet):
     """Decode a .prx stream to y4m, mp4 or PNG frames."""
     from promptus_codec.decoder.cli_run import run_decode
 
     run_decode(input, output, model_name=model, weights=weights, backend=backend, chroma=chroma, crf=crf,
-               restore_size=restore_size, batch=batch, device=device, dtype=dtype, quiet=quiet)
+               restore_size=restore_size, batch=batch, device=device, dtype=dtype, quiet=quiet,
+               verify=verify or verify_min_psnr is not None, verify_min_psnr=verify_min_psnr)
 
 
 def _register_tool_commands() -> None:

@@ -23,7 +23,7 @@ def engine():
 
 
 @engine.command()
-@click.option("--model", default="mini", show_default=True, help="mini (built in, trained), tiny (built in, random) or sd-turbo.")
+@click.option("--model", default="tiny", show_default=True, help="tiny (built in, random), mini (built in, in training) or sd-turbo.")
 @click.option("--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id.")
 @click.option("--batch", type=int, multiple=True, default=[10], show_default=True,
               help="Frames per call: the keyframe interval. Repeat to export several (--batch 1 --batch 10 "

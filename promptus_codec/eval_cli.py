@@ -72,7 +72,7 @@ def eval_command(source, decoded, fit, frame_tolerance, json_path, csv_path, dev
 @click.command("compare")
 @click.argument("source", type=str)
 @click.option("--bitrates", required=True, help="Promptus target bitrates, comma-separated, e.g. 100k,225k,550k.")
-@click.option("--model", default="mini", show_default=True, help="Promptus model: mini (built in, trained), tiny (built in, random) or sd-turbo.")
+@click.option("--model", default="tiny", show_default=True, help="Promptus model: tiny (built in, random), mini (built in, in training) or sd-turbo.")
 @click.option("--weights", default=None, help="sd-turbo weights, as for `promptus encode --weights`.")
 @click.option("--preset", default="fast", show_default=True, help="Promptus fitting effort: paper, slow, fast or draft.")
 @click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")

@@ -1,10 +1,11 @@
-"""The main job (`make demo`): encode a clip with the built-in mini model, decode it, inspect it.
+"""The main job (`make demo`): encode a clip with the built-in tiny model, decode it, inspect it.
 
 Uses ../shared/data/sky_512.mp4 when it is present, otherwise a synthetic 2-second clip.
 Every step is a real `promptus` command, printed before it runs. Outputs go to out/demo/, among them
 strip.png: source and decoded frames side by side.
 
-`mini` is a small model trained here on a few minutes of video (scripts/train_builtin.py), not SD-Turbo.
+`tiny` has random weights, so its pictures are not meant to look like the input; `mini`, the model
+being trained to reconstruct (scripts/train_builtin.py), does not reconstruct yet (README).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def write_strip(source: Path, decoded: Path, stream: Path, path: Path, count: in
         src = [apply_geometry(frame, header.coded_width, header.coded_height, header.geometry) for frame in video]
     picks = [round(i * (len(out) - 1) / (count - 1)) for i in range(count)]
     panels = [(f"{label} {i}", frames[i]) for i in picks for label, frames in (("source", src), ("decoded", out))]
-    frame_strip(panels, str(path), f"{source.name}: source and mini-model decode, {stream.stat().st_size} bytes")
+    frame_strip(panels, str(path), f"{source.name}: source and tiny-model decode, {stream.stat().st_size} bytes")
     print(f"wrote {path.relative_to(ROOT)}")
 
 
@@ -68,7 +69,7 @@ def main() -> None:
         synthetic_clip(source)
     stream, recon = OUT / "clip.prx", OUT / "recon.y4m"
     # LPIPS needs ImageNet weights that cannot be downloaded here, hence --perceptual none.
-    promptus("encode", str(source), "-o", str(stream), "--bitrate", "225k", "--model", "mini", "--size", "128x128",
+    promptus("encode", str(source), "-o", str(stream), "--bitrate", "225k", "--model", "tiny", "--size", "128x128",
              "--preset", "draft", "--perceptual", "none", "--recon", str(recon))
     promptus("inspect", str(stream))
     promptus("validate", str(stream))
@@ -77,7 +78,7 @@ def main() -> None:
     write_strip(source, OUT / "decoded.y4m", stream, OUT / "strip.png")
     same = filecmp.cmp(recon, OUT / "decoded.y4m", shallow=False)
     print(f"decoder output {'equals' if same else 'DIFFERS FROM'} the encoder's own reconstruction, bit for bit")
-    print(f"outputs in {OUT.relative_to(ROOT)}/ (strip.png: source and decoded frames, pair by pair)")
+    print(f"outputs in {OUT.relative_to(ROOT)}/ (strip.png: source and decoded frames, pair by pair; tiny's pictures are noise)")
     sys.exit(0 if same else 1)
 
 

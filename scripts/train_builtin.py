@@ -378,9 +378,13 @@ def _json_number(value):
     return value
 
 
-def _final_losses(log: list, last: int = 100) -> dict[str, float]:
-    tail = log[-last:]
-    return {k: sum(r[k] for r in tail) / len(tail) for k in ("gen_mse", "ae_mse", "latent_mse")} if tail else {}  # phase 2
+def _final_losses(log: list, last: int = 100) -> dict[str, float | None]:
+    """Mean of each loss over the last ``last`` steps that have it (phase 1 has no generation loss)."""
+    out = {}
+    for key in ("gen_mse", "ae_mse", "latent_mse"):
+        values = [r[key] for r in log[-last:] if r[key] == r[key]]
+        out[key] = sum(values) / len(values) if values else None
+    return out
 
 
 def main() -> int:

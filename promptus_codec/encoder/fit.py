@@ -146,6 +146,8 @@ def fit_keyframe(
     windows = math.ceil(frames / config.max_batch)
 
     for step in range(max(total_iterations, 1)):
+        if best is not None and not (torch.isfinite(u).all() and torch.isfinite(v).all()):
+            break  # the iterate diverged (reduced precision): keep the best one so far
         # A window of the interval, plus the worst frame of the previous pass visited again.
         start = (step % windows) * config.max_batch
         batch = list(range(start, min(start + config.max_batch, frames)))

@@ -43,7 +43,7 @@ class CompareOptions:
     """What `promptus compare` runs. Encoder fields mean what they mean for `promptus encode`."""
 
     bitrates_kbps: tuple[float, ...]  # Promptus targets; baselines get what Promptus achieved
-    model: str = "mini"  # generation model for Promptus
+    model: str = "tiny"  # generation model for Promptus
     weights: str | None = None  # sd-turbo weights (see `promptus encode --weights`)
     preset: str = "fast"  # Promptus fitting effort
     fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
