@@ -120,6 +120,20 @@ class SourceGeometry:
         return cls(width, height, FitMode.SCALE, whole, whole)
 
 
+def scaled_linear_alpha_cumprod(
+    timestep: int, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000
+) -> float:
+    """SD's scaled-linear DDPM schedule at ``timestep``, computed in float64 as sgm does.
+
+    sgm (the reference's sampler) builds betas = linspace(sqrt(beta_start), sqrt(beta_end),
+    steps, float64) ** 2 and takes the cumulative product of (1 - beta) in float64. diffusers
+    does the same in float32, which at t = 999 lands 7 float32 ulps away (0x3B98B3B6 instead
+    of 0x3B98B3BD); the stream stores sgm's value rounded once to float32.
+    """
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=np.float64) ** 2
+    return float(np.cumprod(1.0 - betas)[timestep])
+
+
 @dataclass(frozen=True)
 class GenerationConstants:
     """The numbers the decoder needs to turn a prompt into a frame (spec §3.4).
@@ -133,7 +147,7 @@ class GenerationConstants:
     latent_weight: float = 0.05  # weight of the previous keyframe's latent
     noise_weight: float = 0.95  # weight of N0
     timestep: int = 999  # SD-Turbo's single step
-    alpha_cumprod: float = 0.00466009508818388  # scaled-linear DDPM schedule at t=999, a float32
+    alpha_cumprod: float = scaled_linear_alpha_cumprod(999)  # sgm's float64 schedule at t=999, stored as float32
     prediction_type: PredictionType = PredictionType.EPSILON
 
     def __post_init__(self):

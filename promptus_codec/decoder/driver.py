@@ -78,7 +78,11 @@ def dequantized_factors(record: KeyframeRecord) -> Factors:
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8, rounding half to even."""
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8, rounding half to even.
+
+    The reference truncates ((255 * img).astype(uint8)); rounding is deliberate (format_spec.md
+    §9.3): about half the samples come out 1 level higher than the reference's, none lower.
+    """
     return np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
