@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 
 from promptus_codec.container import codec
 from promptus_codec.container.records import (
+    ANCILLARY_BIT,
     LATENT_DTYPES,
     EncoderSettingsRecord,
     FileHeader,
@@ -50,7 +51,11 @@ F32_MAX = float(np.finfo(np.float32).max)
 F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 SMALL_ARRAY = 256  # arrays with more elements than this are drawn from a seed
 
-KNOWN_TYPES = {0x0001, 0x0002, 0x0003, 0x8001, 0x8002, 0x8003}
+# Ancillary record types with no record assigned (spec §4.2, §12.1): the reserved 0x8000,
+# the unassigned ids and the private-use block, i.e. every id with the ancillary bit set that
+# the container's registry (RecordType, via codec.KNOWN_TYPES) does not name. Derived from the
+# registry, so a newly registered type (as Padding 0x8004 was) drops out of this set by itself.
+UNKNOWN_ANCILLARY_TYPES = st.integers(ANCILLARY_BIT, U16).filter(lambda t: t not in codec.KNOWN_TYPES)
 
 
 @dataclass
@@ -230,7 +235,7 @@ def ancillary_records() -> st.SearchStrategy:
     )
     unknown = st.builds(
         UnknownAncillaryRecord,
-        st.integers(0x8000, U16).filter(lambda t: t not in KNOWN_TYPES),
+        UNKNOWN_ANCILLARY_TYPES,
         st.binary(max_size=40),
     )
     return st.one_of(settings, quality, unknown)

@@ -9,6 +9,7 @@ writing the parsed records again reproduces the file byte for byte.
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,12 +24,15 @@ from promptus_codec.container.reader import PrxReader, read_prx
 from promptus_codec.container.records import (
     EndRecord,
     KeyframeRecord,
+    RecordType,
     SceneRecord,
     SeekIndexRecord,
+    is_ancillary,
 )
 from promptus_codec.container.writer import PrxWriter, write_prx
 
 from .strategies import (
+    UNKNOWN_ANCILLARY_TYPES,
     canonical,
     expected_seek_index,
     record_offsets,
@@ -204,6 +208,27 @@ def test_round_trip_sd_turbo_shape(stream, seek_index):
         writer.write(r)
     end = writer.finish(seek_index)
     check_round_trip(stream, buf.getvalue(), seek_index, end)
+
+
+def _spec_record_type_registry() -> dict[int, str]:
+    """format_spec.md §12.1: each single id that names a record type -> its name."""
+    text = (Path(__file__).resolve().parents[2] / "format_spec.md").read_text()
+    table = text[text.index("### 12.1 Record types") : text.index("### 12.2")]
+    rows = re.findall(r"^\| (0x[0-9A-F]{4}) \| ([A-Za-z]+) \|", table, re.MULTILINE)
+    return {int(ident, 16): name for ident, name in rows}
+
+
+def test_container_registry_is_the_spec_registry():
+    """RecordType (what strategies.UNKNOWN_ANCILLARY_TYPES is derived from) is §12.1's table."""
+    spec = {ident: name.lower() for ident, name in _spec_record_type_registry().items()}
+    assert {int(t): t.name.replace("_", "").lower() for t in RecordType} == spec
+    assert codec.KNOWN_TYPES == set(spec)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record_type=UNKNOWN_ANCILLARY_TYPES)
+def test_unknown_record_types_are_unassigned_ancillary_ids(record_type):
+    assert is_ancillary(record_type) and record_type not in _spec_record_type_registry()
 
 
 @pytest.mark.parametrize("make", [small_stream, sd_turbo_stream], ids=["small", "sd-turbo"])
