@@ -42,6 +42,8 @@ def test_identical_frames_score_the_cap():
     assert psnr(a, a) == PSNR_CAP_DB == 100.0
     [s] = Scorer(nets=()).score(a[None], a[None])
     assert s.psnr_y == s.psnr_rgb == PSNR_CAP_DB
+    # identical inputs: every SSIM ratio is x / x of the same float32 values; the weighted product
+    # of five such ones (float32 pow, 1 ulp each, and 4 multiplies) stays within gamma(14) = 8e-7
     assert s.ms_ssim == pytest.approx(1.0, abs=1e-6)
 
 
@@ -50,6 +52,7 @@ def test_uniform_noise_gives_the_expected_psnr(k):
     a = smooth(256, 256)
     b = with_noise(a, k)
     mse = np.mean((a.astype(np.float64) - b) ** 2)
+    # float64 on both sides, the same sum in another order: ~1e-16 relative, 1e-14 dB at 50 dB
     assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
     # Uniform integers on -k..k have variance k (k + 1) / 3; 196,608 samples land within 0.05 dB.
     assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / (k * (k + 1) / 3)), abs=0.05)
@@ -60,9 +63,9 @@ def test_scorer_psnr_matches_numpy_on_luma_and_rgb():
     b = with_noise(a, 8)
     [s] = Scorer(nets=()).score(a[None], b[None], first_index=7)
     assert s.index == 7
-    assert s.psnr_rgb == pytest.approx(psnr(a, b))
+    assert s.psnr_rgb == pytest.approx(psnr(a, b))  # float64, the same code: a few ulps at most
     ya, yb = luma(a).astype(np.float64), luma(b).astype(np.float64)
-    assert s.psnr_y == pytest.approx(10 * math.log10(255**2 / np.mean((ya - yb) ** 2)))
+    assert s.psnr_y == pytest.approx(10 * math.log10(255**2 / np.mean((ya - yb) ** 2)))  # float64, same formula
     assert s.psnr_y > s.psnr_rgb  # luma averages the channel noise down
 
 
@@ -78,6 +81,8 @@ def test_ms_ssim_loop_is_the_library_with_five_weights():
     a, b = smooth(192, 200), with_noise(smooth(192, 200), 12)
     x = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2).float()  # (2, 3, H, W)
     y = torch.from_numpy(np.stack([b, b])).permute(0, 3, 1, 2).float()
+    # the same float32 _ssim calls; only the final product of 5 powers may be grouped otherwise:
+    # 5 pows (1 ulp = 2 u each) and 4 multiplies on values <= 1, gamma(14) = 8e-7 <= 1e-6
     torch.testing.assert_close(ms_ssim_weighted(x, y, MS_SSIM_WEIGHTS), ms_ssim(x, y, 5), atol=1e-6, rtol=0)
 
 
@@ -85,7 +90,7 @@ def test_ms_ssim_on_small_frames_uses_fewer_scales_and_falls_with_noise():
     for side in (128, 64):
         a = smooth(side, side)
         scores = [s.ms_ssim for s in Scorer(nets=()).score(np.stack([a] * 3), np.stack([a, with_noise(a, 4), with_noise(a, 32)]))]
-        assert scores[0] == pytest.approx(1.0, abs=1e-6)
+        assert scores[0] == pytest.approx(1.0, abs=1e-6)  # identical frames: see test_identical_frames_score_the_cap
         assert 1.0 > scores[1] > scores[2] > 0
 
 

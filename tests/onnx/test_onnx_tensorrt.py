@@ -45,7 +45,11 @@ def test_tensorrt_matches_onnxruntime(facts, graphs, graph_dir, tiny_model, cuda
     inputs = example_inputs(tiny_model, 5, *SIZE)
     _, expected = OnnxRuntime(graphs, device="cpu").generate(*inputs)
     _, images = runtime.generate(*inputs)
-    assert np.abs(images - expected).max() < 0.02  # fp16 engine against the fp32 graph
+    # fp16 engine against the fp32 graph. tolerances.network_atol's model with float16's unit
+    # roundoff 2**-11 (8,192 times float32's) on every operation gives 0.14 for the decoder alone;
+    # TensorRT's fp16 kernels mostly accumulate in float32, which rounds far less. 0.02 (5 levels)
+    # sits between the two and has never been run (no GPU here): a guess, not a derivation.
+    assert np.abs(images - expected).max() < 0.02
 
 
 def test_engine_is_cached_then_rebuilt_for_other_facts(facts, graphs, tmp_path):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from promptus_codec.prompt import Factors, compose, dequantize, interpolate, interval_prompts, quant_params, quantize
+from tolerances import dot_bound, gamma  # tests/ is on sys.path (rootdir conftest)
 
 F32 = np.float32
 REFERENCE_PROMPTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "reference-prompts" / "sky_rank8_interval10"
@@ -126,7 +127,8 @@ def test_compose_is_u_v_over_sqrt_rank(m, n, rank, seed):
         ordered = (ordered + f.u[:, k : k + 1] * f.v[k : k + 1, :]).astype(np.float32)
     np.testing.assert_array_equal(c, ordered / F32(math.sqrt(rank)))
     exact = f.u.astype(np.float64) @ f.v.astype(np.float64) / math.sqrt(rank)
-    np.testing.assert_allclose(c, exact, rtol=1e-5, atol=1e-6)
+    # each term: its multiply, up to rank - 1 adds, sqrt(rank) rounded to float32, the divide
+    assert (np.abs(c - exact) <= dot_bound(f.u, f.v, rank + 2) / math.sqrt(rank)).all()
     np.testing.assert_array_equal(f.prompt(), c)
 
 
@@ -134,8 +136,9 @@ def test_compose_batched():
     a, b = factors(0, 4, 6, 3, 1), factors(0, 4, 6, 3, 2)
     batch = compose(np.stack([a.u, b.u]), np.stack([a.v, b.v]))  # (2, 4, 6)
     assert batch.shape == (2, 4, 6)
-    np.testing.assert_allclose(batch[0], a.prompt(), rtol=1e-6)
-    np.testing.assert_allclose(batch[1], b.prompt(), rtol=1e-6)
+    # elementwise float32 operations in a fixed order: batching changes no rounding
+    np.testing.assert_array_equal(batch[0], a.prompt())
+    np.testing.assert_array_equal(batch[1], b.prompt())
 
 
 # ---------------------------------------------------------------------------
@@ -143,12 +146,28 @@ def test_compose_batched():
 # ---------------------------------------------------------------------------
 
 
-def reference_blend(prev: Factors, nxt: Factors, frame: int) -> np.ndarray:
-    """data/README.md: u = (1 - s/K) U_k + (s/K) U_{k+K}, v likewise, c = u @ v / sqrt(r)."""
+def blended_factors(prev: Factors, nxt: Factors, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """data/README.md: u = (1 - s/K) U_k + (s/K) U_{k+K}, v likewise (float32)."""
     s, k = frame - prev.frame_index, nxt.frame_index - prev.frame_index
-    u = (1 - s / k) * prev.u + (s / k) * nxt.u
-    v = (1 - s / k) * prev.v + (s / k) * nxt.v
+    return (1 - s / k) * prev.u + (s / k) * nxt.u, (1 - s / k) * prev.v + (s / k) * nxt.v
+
+
+def reference_blend(prev: Factors, nxt: Factors, frame: int) -> np.ndarray:
+    """data/README.md: c = u @ v / sqrt(r) of the blended factors, with a BLAS matmul."""
+    u, v = blended_factors(prev, nxt, frame)
     return u @ v / np.sqrt(F32(prev.rank))
+
+
+def blas_bound(prev: Factors, nxt: Factors, frame: int) -> np.ndarray:
+    """How far interpolate() and reference_blend() may differ: the same float32 u and v, then
+    two rank-r sums in different orders (r roundings each, FMA or not) and one divide each."""
+    u, v = blended_factors(prev, nxt, frame)
+    return 2 * dot_bound(u, v, prev.rank + 1) / math.sqrt(prev.rank)
+
+
+def embedding_blend_bound(prev: Factors, nxt: Factors, a: float) -> np.ndarray:
+    """Rounding of (1 - a) P + a Q in float32: the two weights, two multiplies, one add."""
+    return gamma(3) * ((1 - a) * np.abs(prev.prompt().astype(np.float64)) + a * np.abs(nxt.prompt().astype(np.float64)))
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (77, 64)])
@@ -159,11 +178,14 @@ def test_interpolate_equal_ranks_blends_factors_separately(shape, span):
     for frame in range(prev.frame_index, nxt.frame_index + 1):
         got = interpolate(prev, nxt, frame)
         assert got.shape == (m, n) and got.dtype == np.float32
-        np.testing.assert_allclose(got, reference_blend(prev, nxt, frame), rtol=1e-6, atol=1e-6)
+        assert (np.abs(got - reference_blend(prev, nxt, frame)) <= blas_bound(prev, nxt, frame)).all()
     if span > 1:  # strictly inside, the factors are blended, not the embeddings
         frame = prev.frame_index + span // 2
         a = (frame - prev.frame_index) / span
-        assert not np.allclose(interpolate(prev, nxt, frame), (1 - a) * prev.prompt() + a * nxt.prompt(), rtol=1e-4, atol=1e-5)
+        embeddings = (1 - a) * prev.prompt() + a * nxt.prompt()
+        # more than 100x what rounding of either formula could explain: another formula
+        rounding = blas_bound(prev, nxt, frame) + embedding_blend_bound(prev, nxt, a)
+        assert np.abs(interpolate(prev, nxt, frame) - embeddings).max() > 100 * rounding.max()
 
 
 def test_interpolate_endpoints_are_the_keyframes_own_prompts_exactly():
@@ -180,18 +202,19 @@ def test_interpolate_unequal_ranks_blends_embeddings():
         expected = (1 - a) * prev.prompt().astype(np.float64) + a * nxt.prompt().astype(np.float64)
         got = interpolate(prev, nxt, frame)
         assert got.shape == (7, 11) and got.dtype == np.float32
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        assert (np.abs(got - expected) <= embedding_blend_bound(prev, nxt, a)).all()
 
 
 def test_uneven_spacing_weights():
     """Keyframes 3 and 10: frame 5 has weight 2/7 on the later one, not 2/10 or 1/2."""
     prev, nxt = factors(3, 4, 4, 2, 5), factors(10, 4, 4, 2, 6)
     got = interpolate(prev, nxt, 5)
-    np.testing.assert_allclose(got, reference_blend(prev, nxt, 5), rtol=1e-6, atol=1e-6)
+    assert (np.abs(got - reference_blend(prev, nxt, 5)) <= blas_bound(prev, nxt, 5)).all()
     for wrong in (0.2, 0.5):
         u = (1 - wrong) * prev.u + wrong * nxt.u
         v = (1 - wrong) * prev.v + wrong * nxt.v
-        assert not np.allclose(got, compose(u, v), rtol=1e-4, atol=1e-5)
+        # more than 100x the rounding bound: the wrong weight, not the summation order
+        assert np.abs(got - compose(u, v)).max() > 100 * blas_bound(prev, nxt, 5).max()
 
 
 @pytest.mark.parametrize("ranks", [(3, 3), (3, 1)])
@@ -217,11 +240,13 @@ def assert_agree(got, expected) -> None:
     assert got.tobytes() == expected.tobytes()
 
 
-def assert_close_to_matmul(got, expected) -> None:
-    """Within 1e-6 of the values' magnitude: a BLAS matmul sums in another order."""
+def assert_close_to_matmul(got, expected, us, vs) -> None:
+    """A BLAS matmul of the same float32 factors sums in another order: both rank-r sums and
+    their divide by sqrt(r) stay within dot_bound of the exact value (FMA or not)."""
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1e-6 * max(1.0, np.abs(expected).max())
+    rank = us.shape[-1]
+    assert (np.abs(got - expected) <= 2 * dot_bound(us, vs, rank + 1) / math.sqrt(rank)).all()
 
 
 def to_torch(f: Factors):
@@ -272,9 +297,9 @@ def test_reference_prompts_torch_and_numpy_agree():
         assert dequantize(u8, float(d["U_scale"]), float(d["U_zero_point"]) - 128).numpy().tobytes() == u.numpy().tobytes()
         keyframes.append((Factors(10 * i, u, v), Factors(10 * i, u.numpy(), v.numpy())))
     (tprev, prev), (tnxt, nxt) = keyframes[:2]
-    reference = torch.stack(
-        [((1 - s / 10) * tprev.u + (s / 10) * tnxt.u) @ ((1 - s / 10) * tprev.v + (s / 10) * tnxt.v) / math.sqrt(8) for s in range(1, 11)]
-    )
-    assert_close_to_matmul(interval_prompts(tprev, tnxt).numpy(), reference.numpy())
+    us = torch.stack([(1 - s / 10) * tprev.u + (s / 10) * tnxt.u for s in range(1, 11)])  # (10, 77, 8)
+    vs = torch.stack([(1 - s / 10) * tprev.v + (s / 10) * tnxt.v for s in range(1, 11)])  # (10, 8, 1024)
+    reference = us @ vs / math.sqrt(8)
+    assert_close_to_matmul(interval_prompts(tprev, tnxt).numpy(), reference.numpy(), us.numpy(), vs.numpy())
     assert_agree(interval_prompts(tprev, tnxt).numpy(), interval_prompts(prev, nxt))
     np.testing.assert_array_equal(interval_prompts(tprev, tnxt)[-1].numpy(), tnxt.prompt().numpy())
