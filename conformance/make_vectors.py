@@ -54,6 +54,7 @@ from promptus_codec.container.records import (
     PredictionType,
     QualityRecord,
     QuantScheme,
+    ReconThumbnailRecord,
     Record,
     RecordType,
     Rect,
@@ -164,6 +165,12 @@ def quality(first_frame: int, count: int, unmeasured: tuple[int, ...] = ()) -> Q
     return QualityRecord(first_frame, psnr, loss)
 
 
+def thumbnail(frame_index: int, width: int = 16, height: int = 16) -> ReconThumbnailRecord:
+    """A ReconThumbnail of luma values 16..235, as a real one holds (§6.8.1)."""
+    raw = np.frombuffer(det_bytes(f"thumbnail/{frame_index}/{width}x{height}", width * height), np.uint8)
+    return ReconThumbnailRecord(frame_index, (16 + raw.astype(np.uint16) * 219 // 255).astype(np.uint8).reshape(height, width))
+
+
 SETTINGS = EncoderSettingsRecord(
     {"encoder": "promptus-codec conformance", "rank": 2, "interval": 4, "steps": 50, "learning_rate": 0.0625,
      "note": "caf\u00e9 \u2713"}  # non-ASCII: the reference writer escapes it (§6.4)
@@ -262,6 +269,7 @@ PAYLOADS = {
     RecordType.END: schema.end_payload,
     RecordType.SEEK_INDEX: schema.seek_index_payload,
     RecordType.QUALITY: schema.quality_payload,
+    RecordType.RECON_THUMBNAIL: schema.recon_thumbnail_payload,
 }
 
 
@@ -375,6 +383,23 @@ def spec_appendix_a():
         KeyframeRecord(0, 1, u=np.array([[4], [-8]], np.int8), v=np.array([[1, 2, 3]], np.int8), **factors),
         KeyframeRecord(2, 1, u=np.array([[8], [-4]], np.int8), v=np.array([[-1, 0, 1]], np.int8), **factors),
     ])
+
+
+def recon_thumbnail_records(h: FileHeader) -> list[Record]:
+    records: list[Record] = [SETTINGS, scene(h, 0)]
+    previous = None
+    for k in (0, 4, 8):
+        first = k if previous is None else previous + 1
+        records += [keyframe(h, k), thumbnail(k), quality(first, k - first + 1)]
+        previous = k
+    return records
+
+
+@vector("valid", "§5.1 O12, §6.8, §11", "a stream as the encoder writes it: each Keyframe followed by its 16x16 ReconThumbnail, then Quality",
+        "PrxWriter: EncoderSettings, Scene 0, then Keyframe, ReconThumbnail, Quality for frames 0/4/8, SeekIndex, End")
+def recon_thumbnails():
+    h = make_header(9)
+    return write(h, recon_thumbnail_records(h))
 
 
 # ----- uncommon ------------------------------------------------------------
@@ -542,6 +567,14 @@ def seek_index_mid_stream():
     writer.write(keyframe(h, 1))
     writer.finish(seek_index=True)
     return stream.getvalue()
+
+
+@vector("uncommon", "§5.1 O12 O13, §6.8", "ReconThumbnails of 1x1, 5x3 (not a divisor) and the whole 24x16 frame; a keyframe without one",
+        "PrxWriter: 24x16 frames, Scene 0, Keyframe 0 + 1x1, Keyframe 2, Keyframe 3 + 5x3, Keyframe 5 + 24x16")
+def recon_thumbnail_sizes():
+    h = make_header(6, coded=(24, 16))
+    return write(h, [scene(h, 0), keyframe(h, 0), thumbnail(0, 1, 1), keyframe(h, 2), keyframe(h, 3), thumbnail(3, 5, 3),
+                     keyframe(h, 5), thumbnail(5, 24, 16)])
 
 
 # ----- invalid: header -----------------------------------------------------
@@ -1146,6 +1179,74 @@ def trailing_data():
 def record_after_end():
     _, lay = _base()
     return Invalid(lay.bytes() + lay.records[QUALITY_AT], errors.TrailingDataError, lay.start(END_AT + 1))
+
+
+# ----- invalid: ReconThumbnail ---------------------------------------------
+
+# recon_thumbnails: 0 EncoderSettings, 1 Scene 0, then Keyframe, ReconThumbnail, Quality for 0/4/8, SeekIndex, End.
+T_KEY0_AT, T_THUMB0_AT, T_KEY4_AT, T_THUMB4_AT = 2, 3, 5, 6
+
+
+def _thumbs_case(error, index: int, replacement: bytes | None = None, layout: Layout | None = None) -> Invalid:
+    """recon_thumbnails with record ``index`` replaced; the error is expected at that record."""
+    lay = layout or Layout.of(recon_thumbnails())
+    if replacement is not None:
+        lay.records[index] = replacement
+    return Invalid(lay.bytes(), error, lay.start(index))
+
+
+def _thumb0() -> bytes:
+    return Layout.of(recon_thumbnails()).records[T_THUMB0_AT]
+
+
+@vector("invalid", "§6.8, §7.2 R24", "a ReconThumbnail payload of 6 bytes, shorter than its fixed part",
+        "recon_thumbnails with ReconThumbnail 0's payload cut to 6 bytes, CRC recomputed")
+def recon_thumbnail_payload_tiny():
+    return _thumbs_case(errors.LengthError, T_THUMB0_AT, payload_with(_thumb0(), lambda p: p[:6]))
+
+
+@vector("invalid", "§6.8, §7.2 R25", "a ReconThumbnail of 15x16 that holds 16x16 samples",
+        "recon_thumbnails with ReconThumbnail 0's thumbnail_width 15 (256 samples kept), CRC recomputed")
+def recon_thumbnail_length_mismatch():
+    return _thumbs_case(errors.LengthError, T_THUMB0_AT, payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<H", 15) + p[6:]))
+
+
+@vector("invalid", "§6.8, §7.2 R26", "an empty ReconThumbnail: thumbnail_width 0",
+        "recon_thumbnails with ReconThumbnail 0 of 0x16 and no samples (payload 8 bytes), CRC recomputed")
+def recon_thumbnail_empty():
+    return _thumbs_case(errors.ForbiddenValueError, T_THUMB0_AT,
+                        payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<HH", 0, 16)))
+
+
+@vector("invalid", "§6.8, §7.2 R27", "a ReconThumbnail of 17x16, wider than the 16x16 coded frame",
+        "recon_thumbnails with ReconThumbnail 0 of 17x16 (272 samples), CRC recomputed")
+def recon_thumbnail_too_large():
+    return _thumbs_case(errors.ForbiddenValueError, T_THUMB0_AT,
+                        payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<HH", 17, 16) + p[8:] + bytes(16)))
+
+
+@vector("invalid", "§5.1 O12, §7.3 D12", "a ReconThumbnail before any Keyframe",
+        "recon_thumbnails with Keyframe 0 and ReconThumbnail 0 swapped")
+def recon_thumbnail_before_keyframe():
+    lay = Layout.of(recon_thumbnails())
+    lay.records[T_KEY0_AT], lay.records[T_THUMB0_AT] = lay.records[T_THUMB0_AT], lay.records[T_KEY0_AT]
+    return _thumbs_case(errors.RecordOrderError, T_KEY0_AT, layout=lay)
+
+
+@vector("invalid", "§5.1 O12, §7.3 D12", "a ReconThumbnail for keyframe 0 after Keyframe 4",
+        "recon_thumbnails with ReconThumbnail 4's frame_index set to 0, CRC recomputed")
+def recon_thumbnail_wrong_frame():
+    h = make_header(9)
+    rec = Layout.of(recon_thumbnails()).records[T_THUMB4_AT]
+    return _thumbs_case(errors.RecordOrderError, T_THUMB4_AT, record_with(rec, h, frame_index=0))
+
+
+@vector("invalid", "§5.1 O13, §7.3 D13", "two ReconThumbnails for keyframe 0",
+        "recon_thumbnails with a copy of ReconThumbnail 0 inserted after it")
+def recon_thumbnail_repeated():
+    lay = Layout.of(recon_thumbnails())
+    lay.records.insert(T_THUMB0_AT + 1, lay.records[T_THUMB0_AT])
+    return _thumbs_case(errors.RecordOrderError, T_THUMB0_AT + 1, layout=lay)
 
 
 # ---------------------------------------------------------------------------

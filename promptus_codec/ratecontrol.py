@@ -40,6 +40,7 @@ class StreamLayout:
     model_name: str = "sd-turbo"
     settings_bytes: int = 0  # payload of the EncoderSettings record, 0 = none
     quality_records: bool = True  # one Quality record per keyframe
+    thumbnail_payload: int = 0  # payload bytes of the ReconThumbnail record after each keyframe; 0 = none
 
     @property
     def frame_count(self) -> int:
@@ -86,6 +87,8 @@ def fixed_bytes(layout: StreamLayout, interval: int) -> int:
         total += FRAMING + layout.settings_bytes
     if layout.quality_records:
         total += keyframes * (FRAMING + schema.QUALITY_FIXED_SIZE) + layout.frame_count * schema.QUALITY_PER_FRAME
+    if layout.thumbnail_payload:
+        total += keyframes * (FRAMING + layout.thumbnail_payload)
     return total + tail_bytes(scenes)
 
 

@@ -30,6 +30,7 @@ from promptus_codec.container.records import (
     PredictionType,
     QualityRecord,
     QuantScheme,
+    ReconThumbnailRecord,
     Record,
     RecordType,
     Rect,
@@ -284,6 +285,19 @@ def _check_keyframe(r: KeyframeRecord, header: FileHeader, offset: int | None) -
     _forbid(r.u.shape != (m, r.rank) or r.v.shape != (r.rank, n), "factor shapes do not match the header", offset)
 
 
+def recon_thumbnail_payload_size(width: int, height: int) -> int:
+    return schema.RECON_THUMBNAIL_FIXED_SIZE + width * height
+
+
+def _check_recon_thumbnail(width: int, height: int, header: FileHeader, offset: int | None) -> None:
+    _forbid(width == 0 or height == 0, f"ReconThumbnail of {width}x{height} is empty", offset)
+    _forbid(
+        width > header.coded_width or height > header.coded_height,
+        f"ReconThumbnail of {width}x{height} is larger than the coded frame {header.coded_width}x{header.coded_height}",
+        offset,
+    )
+
+
 def record_to_bytes(record: Record, header: FileHeader) -> bytes:
     """A framed record, checked against the header (spec §4, §6)."""
     if isinstance(record, SceneRecord):
@@ -339,6 +353,20 @@ def record_to_bytes(record: Record, header: FileHeader) -> bytes:
         payload = schema.build(
             schema.quality_payload,
             dict(first_frame=record.first_frame, frame_count=len(record.psnr_db), psnr_db=record.psnr_db, loss=record.loss),
+        )
+    elif isinstance(record, ReconThumbnailRecord):
+        _check_dtype(record.luma, np.dtype("u1"), "ReconThumbnail luma")
+        _forbid(record.luma.ndim != 2, f"ReconThumbnail luma must be (height, width), not {record.luma.shape}")
+        height, width = record.luma.shape
+        _check_recon_thumbnail(width, height, header, None)
+        payload = schema.build(
+            schema.recon_thumbnail_payload,
+            dict(
+                frame_index=record.frame_index,
+                thumbnail_width=width,
+                thumbnail_height=height,
+                luma=np.ascontiguousarray(record.luma).tobytes(),
+            ),
         )
     elif isinstance(record, PaddingRecord):
         if not 0 <= record.size <= schema.MAX_RECORD_LENGTH:
@@ -434,6 +462,14 @@ def record_from_payload(record_type: int, payload: bytes, header: FileHeader, of
         _expect_length(len(payload), schema.QUALITY_FIXED_SIZE + count * schema.QUALITY_PER_FRAME, "Quality", offset)
         p = schema.parse(schema.quality_payload, payload, offset)
         return QualityRecord(p.first_frame, tuple(p.psnr_db), tuple(p.loss))
+    if record_type == RecordType.RECON_THUMBNAIL:
+        if len(payload) < schema.RECON_THUMBNAIL_FIXED_SIZE:
+            raise LengthError("ReconThumbnail payload is shorter than its fixed part", offset)
+        width, height = int.from_bytes(payload[4:6], "little"), int.from_bytes(payload[6:8], "little")
+        _expect_length(len(payload), recon_thumbnail_payload_size(width, height), "ReconThumbnail", offset)
+        _check_recon_thumbnail(width, height, header, offset)
+        p = schema.parse(schema.recon_thumbnail_payload, payload, offset)
+        return ReconThumbnailRecord(p.frame_index, np.frombuffer(p.luma, dtype=np.uint8).reshape(height, width))
     if record_type == RecordType.PADDING:
         return PaddingRecord(len(payload))  # contents are ignored (spec §6.7)
     if is_ancillary(record_type):

@@ -15,6 +15,7 @@ from promptus_codec.container.records import (
     EncoderSettingsRecord,
     FileHeader,
     KeyframeRecord,
+    ReconThumbnailRecord,
     SceneRecord,
 )
 from promptus_codec.container.reader import PrxReader, Truncation
@@ -50,6 +51,9 @@ class StreamSummary:
     latent_bytes: int = 0
     complete: bool = False
     truncation: Truncation | None = None
+    thumbnail_count: int = 0  # ReconThumbnail records (§6.8), part of the overhead
+    thumbnail_bytes: int = 0  # their framed size
+    thumbnail_sizes: set[tuple[int, int]] = field(default_factory=set)  # (width, height) of each
 
     @property
     def frame_count(self) -> int:
@@ -105,6 +109,11 @@ class StreamSummary:
             },
             "scenes": [vars(s) for s in self.scenes],
             "keyframes": [vars(k) for k in self.keyframes],
+            "recon_thumbnails": {
+                "count": self.thumbnail_count,
+                "sizes": sorted(list(size) for size in self.thumbnail_sizes),
+                "bytes": self.thumbnail_bytes,
+            },
             "bytes": split,
             "kbps": {name: self.kbps(count) for name, count in split.items()},
         }
@@ -136,6 +145,10 @@ def summarize(path: str | os.PathLike) -> StreamSummary:
                     KeyframeInfo(record.frame_index, record.rank, FRAMING + schema.KEYFRAME_FIXED_SIZE + factors)
                 )
                 summary.prompt_bytes += factors
+            elif isinstance(record, ReconThumbnailRecord):
+                summary.thumbnail_count += 1
+                summary.thumbnail_bytes += reader.record_span[1] - reader.record_span[0]
+                summary.thumbnail_sizes.add((record.thumbnail_width, record.thumbnail_height))
         summary.complete = reader.end is not None
         summary.truncation = reader.truncation
     return summary
@@ -173,6 +186,14 @@ def format_summary(s: StreamSummary) -> str:
     ranks = sorted({k.rank for k in s.keyframes})
     lines.append(f"keyframes   {len(s.keyframes)} (rank {', '.join(map(str, ranks))})")
     lines += [f"  frame {k.frame_index:>6}  rank {k.rank:>3} {k.record_bytes:>9} B" for k in s.keyframes]
+    if s.thumbnail_count:
+        sizes = ", ".join(f"{w}x{h}" for w, h in sorted(s.thumbnail_sizes))
+        lines.append(
+            f"thumbnails  {s.thumbnail_count} ReconThumbnail ({sizes} luma) {s.thumbnail_bytes} B"
+            f" = {s.kbps(s.thumbnail_bytes):.2f} kb/s of the overhead"
+        )
+    else:
+        lines.append("thumbnails  none (decode --verify has nothing to compare)")
     lines.append("bitrate     bytes        kb/s    share")
     for name, count in (
         ("prompts", s.prompt_bytes),

@@ -11,7 +11,7 @@ nothing is lost:
 - every float field (all float32 in the file) is a ``float.hex()`` string, e.g.
   ``"0x1.99999a0000000p-5"``; NaN and infinities are ``"nan"``, ``"inf"``, ``"-inf"``;
 - digests and unknown payloads are lowercase hex strings;
-- arrays (``latent``, ``u``, ``v``) are ``{"dtype", "shape", "hex"}`` where ``hex`` is
+- arrays (``latent``, ``u``, ``v``, ``luma``) are ``{"dtype", "shape", "hex"}`` where ``hex`` is
   the raw little-endian bytes, C-order, exactly as stored;
 - enumerated fields keep their integer id (the spec's value tables name them);
 - Padding (§6.7) is ``record_length`` alone: readers ignore its filler and writers
@@ -53,6 +53,7 @@ from promptus_codec.container.records import (
     PredictionType,
     QualityRecord,
     QuantScheme,
+    ReconThumbnailRecord,
     Record,
     RecordType,
     Rect,
@@ -84,6 +85,7 @@ RECORD_TYPE_NAMES = {
     RecordType.SEEK_INDEX: "SeekIndex",
     RecordType.QUALITY: "Quality",
     RecordType.PADDING: "Padding",
+    RecordType.RECON_THUMBNAIL: "ReconThumbnail",
 }
 UNKNOWN_TYPE_NAME = "Unknown"
 _TYPE_BY_NAME = {name: record_type for record_type, name in RECORD_TYPE_NAMES.items()}
@@ -255,6 +257,13 @@ def record_to_json(record: Record) -> dict:
             psnr_db=[_f(x) for x in record.psnr_db],
             loss=[_f(x) for x in record.loss],
         )
+    elif isinstance(record, ReconThumbnailRecord):
+        doc.update(
+            frame_index=record.frame_index,
+            thumbnail_width=record.thumbnail_width,
+            thumbnail_height=record.thumbnail_height,
+            luma=_array(record.luma),
+        )
     elif isinstance(record, PaddingRecord):
         doc.update(record_length=record.size)  # the filler's bytes are not kept (§6.7)
     else:  # pragma: no cover - every Record is handled above
@@ -300,6 +309,13 @@ def json_to_record(doc: dict) -> Record:
         return SeekIndexRecord(entries)
     if record_type == RecordType.PADDING:
         return PaddingRecord(doc["record_length"])
+    if record_type == RecordType.RECON_THUMBNAIL:
+        luma = _unarray(doc["luma"])
+        if luma.shape != (doc["thumbnail_height"], doc["thumbnail_width"]):
+            raise ValueError(
+                f"ReconThumbnail of {doc['thumbnail_width']}x{doc['thumbnail_height']} holds luma of shape {luma.shape}"
+            )
+        return ReconThumbnailRecord(doc["frame_index"], luma)
     # RecordType.QUALITY
     psnr, loss = tuple(_unf(x) for x in doc["psnr_db"]), tuple(_unf(x) for x in doc["loss"])
     if not doc["frame_count"] == len(psnr) == len(loss):

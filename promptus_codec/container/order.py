@@ -12,6 +12,7 @@ from promptus_codec.container.records import (
     EndRecord,
     FileHeader,
     KeyframeRecord,
+    ReconThumbnailRecord,
     Record,
     SceneRecord,
     SeekIndexRecord,
@@ -31,6 +32,7 @@ class DecodeOrder:
     scene_has_keyframe: bool = False
     scene_offsets: list[tuple[int, int]] = field(default_factory=list)  # (first_frame, byte offset)
     seek_index_offset: int = 0
+    thumbnail_frame: int | None = None  # keyframe that already has its ReconThumbnail
     end: EndRecord | None = None
 
     @property
@@ -50,6 +52,8 @@ class DecodeOrder:
             self._end(record, offset)
         elif isinstance(record, SeekIndexRecord):
             self._seek_index(record, offset)
+        elif isinstance(record, ReconThumbnailRecord):
+            self._recon_thumbnail(record, offset)
 
     def _scene(self, r: SceneRecord, offset: int | None) -> None:
         if self.scene_count and not self.scene_has_keyframe:
@@ -85,6 +89,18 @@ class DecodeOrder:
         self.keyframe_count += 1
         self.last_keyframe = r.frame_index
         self.scene_has_keyframe = True
+
+    def _recon_thumbnail(self, r: ReconThumbnailRecord, offset: int | None) -> None:
+        if r.frame_index != self.last_keyframe:
+            latest = "there is none yet" if self.last_keyframe is None else f"it is {self.last_keyframe}"
+            raise RecordOrderError(
+                f"ReconThumbnail of frame {r.frame_index} does not follow that frame's Keyframe "
+                f"(it must belong to the latest keyframe; {latest})",
+                offset,
+            )
+        if self.thumbnail_frame == r.frame_index:
+            raise RecordOrderError(f"a second ReconThumbnail for keyframe {r.frame_index}", offset)
+        self.thumbnail_frame = r.frame_index
 
     def _seek_index(self, r: SeekIndexRecord, offset: int | None) -> None:
         listed = [(e.frame_index, e.byte_offset) for e in r.entries]

@@ -28,6 +28,7 @@ class RecordType(enum.IntEnum):
     SEEK_INDEX = 0x8002
     QUALITY = 0x8003
     PADDING = 0x8004
+    RECON_THUMBNAIL = 0x8005
 
 
 ANCILLARY_BIT = 0x8000
@@ -321,6 +322,37 @@ class PaddingRecord:
     record_type = RecordType.PADDING
 
 
+@dataclass(eq=False)
+class ReconThumbnailRecord:
+    """A luma thumbnail of the encoder's own reconstruction of one keyframe (spec §6.8).
+
+    ``luma`` is (thumbnail_height, thumbnail_width) uint8, computed by §6.8.1 from the frame
+    ``frame_index`` as the encoder decoded it; a decoder recomputes it from its own frame
+    to measure how far it drifted.
+    """
+
+    frame_index: int
+    luma: np.ndarray  # (h, w) uint8
+
+    @property
+    def thumbnail_width(self) -> int:
+        return int(self.luma.shape[-1]) if self.luma.ndim == 2 else 0
+
+    @property
+    def thumbnail_height(self) -> int:
+        return int(self.luma.shape[0]) if self.luma.ndim == 2 else 0
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, ReconThumbnailRecord)
+            and self.frame_index == other.frame_index
+            and self.luma.shape == other.luma.shape
+            and bool(np.array_equal(self.luma, other.luma))
+        )
+
+    record_type = RecordType.RECON_THUMBNAIL
+
+
 @dataclass(frozen=True)
 class UnknownAncillaryRecord:
     """An ancillary record this reader does not know; kept so it can be rewritten."""
@@ -337,5 +369,6 @@ Record = (
     | SeekIndexRecord
     | QualityRecord
     | PaddingRecord
+    | ReconThumbnailRecord
     | UnknownAncillaryRecord
 )

@@ -167,6 +167,15 @@ quality_payload = Struct(
 QUALITY_FIXED_SIZE = 8
 QUALITY_PER_FRAME = 8
 
+recon_thumbnail_payload = Struct(
+    "frame_index" / Int32ul,
+    "thumbnail_width" / Int16ul,
+    "thumbnail_height" / Int16ul,
+    "luma" / Bytes(this.thumbnail_width * this.thumbnail_height),  # u(8) (height, width), row-major
+)
+"""§6.8 ReconThumbnail: 8 bytes, then one luma byte per thumbnail pixel."""
+RECON_THUMBNAIL_FIXED_SIZE = 8
+
 
 def parse(struct: Struct, data: bytes, offset: int | None = None, **params):
     """Parse ``data`` with ``struct``; construct's errors become FormatError here only."""

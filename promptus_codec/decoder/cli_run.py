@@ -222,10 +222,14 @@ def make_runtime(backend: str, header, model_name: str, weights, device: str, dt
     return TensorRTRuntime(found(), engine_dir(), log=lambda message: click.echo(f"promptus: {message}", err=True))
 
 
-def run_decode(input, output, *, model_name, weights, backend, chroma, crf, restore_size, batch, device, dtype, quiet):
+def run_decode(input, output, *, model_name, weights, backend, chroma, crf, restore_size, batch, device, dtype, quiet,
+               verify=False, verify_min_psnr=None):
     from tqdm import tqdm
 
+    from promptus_codec.decoder.verify import VERIFY_FAILED_EXIT, VERIFY_MIN_PSNR_DB, Verifier
     from promptus_codec.media import open_writer, restore_geometry
+
+    verifier = Verifier(VERIFY_MIN_PSNR_DB if verify_min_psnr is None else verify_min_psnr) if verify else None
 
     started = time.perf_counter()
     with open(input, "rb") as stream:
@@ -240,7 +244,11 @@ def run_decode(input, output, *, model_name, weights, backend, chroma, crf, rest
         with open_writer(output, width, height, header.frame_rate, chroma=chroma, crf=crf) as writer, tqdm(
             total=total, desc="decoding", unit="frame", disable=quiet, file=sys.stderr
         ) as bar:
-            for _, image in decode_frames(reader, runtime, report, max_batch=batch, warn=warn_stderr):
+            frames = decode_frames(reader, runtime, report, max_batch=batch, warn=warn_stderr,
+                                   on_record=None if verifier is None else verifier.record)
+            for index, image in frames:
+                if verifier is not None:
+                    verifier.frame(index, image)
                 writer.write(restore_geometry(image, geometry) if restore_size else image)
                 bar.update(1)
     finished = time.perf_counter()
@@ -253,3 +261,9 @@ def run_decode(input, output, *, model_name, weights, backend, chroma, crf, rest
     if report.truncation:
         lost = "an unknown number of" if report.frames_lost is None else str(report.frames_lost)
         click.echo(f"warning: {report.truncation}; {lost} frames lost", err=True)
+    if verifier is not None:
+        for check in verifier.checks if not quiet else ():
+            click.echo(check.line(verifier.min_psnr_db), err=output == "-")
+        click.echo(verifier.summary(), err=output == "-")
+        if not verifier.ok:
+            sys.exit(VERIFY_FAILED_EXIT)

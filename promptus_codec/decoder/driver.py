@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from promptus_codec.container.records import (
     KeyframeRecord,
     ModelIdentity,
     QuantScheme,
+    Record,
     SceneRecord,
 )
 from promptus_codec.errors import ModelMismatchError
@@ -133,11 +134,18 @@ class DecodeReport:
 
 
 def decode_frames(
-    reader: PrxReader, runtime: Runtime, report: DecodeReport | None = None, max_batch: int = DEFAULT_MAX_BATCH, warn=None
+    reader: PrxReader,
+    runtime: Runtime,
+    report: DecodeReport | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    warn=None,
+    on_record: Callable[[Record], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame_index, (H, W, 3) uint8) in display order as records arrive.
 
     A truncated stream yields every complete interval and records the loss in ``report``.
+    ``on_record`` sees every record as it arrives, before the frames it completes are yielded
+    (decode --verify reads the ReconThumbnail records this way).
     """
     header = reader.header
     check_model(header, runtime.identity(), warn)
@@ -146,6 +154,8 @@ def decode_frames(
     noise = initial_noise(header.generation.noise_seed, header.latent_shape, header.generation.noise_generator)
     z_prev, previous = None, None
     for record in reader:
+        if on_record is not None:
+            on_record(record)
         if isinstance(record, SceneRecord):
             z_prev, previous = record.latent_float32()[None], None  # (1, C, h, w)
         elif isinstance(record, KeyframeRecord):

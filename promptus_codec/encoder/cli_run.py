@@ -13,7 +13,8 @@ from promptus_codec.encoder.encode import PARTIAL_SUFFIX, EncodeOptions, Encoder
 
 
 def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_name, weights, preset, overrides,
-               perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold, latent_format, resume, recon, device, dtype, quiet):
+               perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold, latent_format, resume, recon, device, dtype, quiet,
+               verify_record=True):
     from tqdm import tqdm
 
     from promptus_codec.cli import load_named_model
@@ -33,7 +34,7 @@ def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_na
         fit_mode=fit_mode, fps=fps, refresh_s=refresh,
         scene_detector=scene_detector, cut_threshold=cut_threshold,
         latent_format=LatentFormat[latent_format.upper()], perceptual=perceptual,
-        fit_overrides=tuple(sorted(overrides.items())),
+        fit_overrides=tuple(sorted(overrides.items())), verify_record=verify_record,
     )
     options.fit_config()  # refuse an unknown preset before any work
     output = Path(output)

@@ -7,6 +7,7 @@
               fit U, V through generate.Generator (encoder/fit.py)
               write the Keyframe record  ──>  OUT.prx.partial
               decode it exactly as a decoder will (decoder.driver.decode_interval)
+              ├─> ReconThumbnail record (luma fingerprint of the keyframe, for decode --verify)
               ├─> Quality record (PSNR of the encoder's own reconstruction)
               └─> z_prev for the next interval (closed loop)
             Padding, SeekIndex, End; rename OUT.prx.partial -> OUT.prx
@@ -32,6 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from promptus_codec.container.codec import recon_thumbnail_payload_size
 from promptus_codec.container.order import DecodeOrder
 from promptus_codec.container.reader import PrxReader
 from promptus_codec.container.records import (
@@ -42,6 +44,7 @@ from promptus_codec.container.records import (
     PaddingRecord,
     QualityRecord,
     QuantScheme,
+    ReconThumbnailRecord,
     SceneRecord,
     SourceGeometry,
 )
@@ -52,6 +55,7 @@ from promptus_codec.encoder.fit import PRESETS, FitConfig, PerceptualLoss, fit_k
 from promptus_codec.encoder.scenes import DEFAULT_DETECTOR, CutDetector, SceneStart, scene_lengths, scene_starts
 from promptus_codec.errors import MediaError, PrxError, TruncatedError
 from promptus_codec.metrics.quality import psnr as psnr_db
+from promptus_codec.metrics.thumbnail import luma_thumbnail, thumbnail_shape
 from promptus_codec.models.base import GenerationModel
 from promptus_codec.noise import initial_noise
 from promptus_codec.prompt import Factors
@@ -78,6 +82,7 @@ class EncodeOptions:
     latent_format: LatentFormat = LatentFormat.FLOAT16  # storage of scene latents
     perceptual: str = "lpips"  # lpips | none | lpips-random (tests only: untrained backbone)
     fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
+    verify_record: bool = True  # a ReconThumbnail after each keyframe, so decode --verify can measure drift
 
     def fit_config(self) -> FitConfig:
         if self.preset not in PRESETS:
@@ -279,6 +284,9 @@ class Encoder:
             latent_format=self.options.latent_format,
             model_name=header.model.name,
             settings_bytes=settings_bytes(settings),
+            thumbnail_payload=recon_thumbnail_payload_size(*thumbnail_shape(header.coded_width, header.coded_height))
+            if self.options.verify_record
+            else 0,
         )
         rate = plan_rate(layout, self.options.target_kbps, self.options.rank, self.options.interval, self.options.min_rank)
         return header, EncoderSettingsRecord(settings), rate
@@ -313,10 +321,16 @@ class Encoder:
         return Factors(keyframe, u[0, :, :rank].float().cpu(), v[0, :rank].float().cpu())
 
     def _reconstruct(self, runtime, noise, state: _State, record: KeyframeRecord, frames, writer, losses) -> Interval:
-        """Decode ``record`` as the decoder will; write its Quality record; advance the state."""
+        """Decode ``record`` as the decoder will; write its ReconThumbnail and Quality records; advance the state.
+
+        Quality comes last: resume keeps the records up to the last Quality record.
+        """
         factors = dequantized_factors(record)
         interval = decode_interval(runtime, state.z_prev, noise, state.previous, factors)
         self._write_recon(interval)
+        if self.options.verify_record:
+            width, height = thumbnail_shape(writer.header.coded_width, writer.header.coded_height)
+            writer.write(ReconThumbnailRecord(record.frame_index, luma_thumbnail(interval.images[-1], width, height)))
         psnr = [psnr_db(b, a) for a, b in zip(interval.images, frames)]
         writer.write(QualityRecord(interval.first_frame, tuple(psnr), tuple(losses)))
         state.psnr += psnr

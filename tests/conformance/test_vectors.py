@@ -237,7 +237,7 @@ def test_invalid_vector_in_non_strict_mode(name):
         assert type(info.value).__name__ == doc["error"]
 
 
-@pytest.mark.parametrize("name", ["minimal", "typical", "multi_scene", "unknown_ancillary"])
+@pytest.mark.parametrize("name", ["minimal", "typical", "multi_scene", "unknown_ancillary", "recon_thumbnails"])
 def test_every_cut_of_a_vector_is_truncated(name):
     """A valid file cut at any byte raises TruncatedError (strict) and nothing else."""
     data = _vector(name, ACCEPTED_GROUPS)
@@ -306,6 +306,9 @@ def spec_payload(doc: dict) -> bytes:
         return _u("II", doc["first_frame"], doc["frame_count"]) + b"".join(_f32(x) for x in doc["psnr_db"] + doc["loss"])
     if kind == "Padding":
         return bytes(doc["record_length"])  # §6.7: a writer writes zero bytes
+    if kind == "ReconThumbnail":
+        assert doc["luma"]["dtype"] == "|u1" and doc["luma"]["shape"] == [doc["thumbnail_height"], doc["thumbnail_width"]]
+        return _u("IHH", doc["frame_index"], doc["thumbnail_width"], doc["thumbnail_height"]) + bytes.fromhex(doc["luma"]["hex"])
     assert kind == "Unknown"
     return bytes.fromhex(doc["payload"])
 
@@ -330,6 +333,7 @@ def spec_size(doc: dict, header: dict) -> int:
         "SeekIndex": lambda: 4 + 12 * doc["entry_count"],
         "Quality": lambda: 8 + 8 * doc["frame_count"],
         "Padding": lambda: doc["record_length"],
+        "ReconThumbnail": lambda: 8 + doc["thumbnail_width"] * doc["thumbnail_height"],
         "Unknown": lambda: len(doc["payload"]) // 2,
     }[kind]()
     return 6 + payload + 4
@@ -389,7 +393,8 @@ def test_records_both_ways(name):
 
 def test_both_ways_covers_every_record_type():
     seen = {r["type"] for name in ACCEPTED for r in _expected(name)["records"]}
-    assert seen == {"Scene", "Keyframe", "End", "EncoderSettings", "SeekIndex", "Quality", "Padding", "Unknown"}
+    assert seen == {"Scene", "Keyframe", "End", "EncoderSettings", "SeekIndex", "Quality", "Padding", "ReconThumbnail",
+                    "Unknown"}
     formats = {r["latent_format"] for name in ACCEPTED for r in _expected(name)["records"] if r["type"] == "Scene"}
     assert formats == {1, 2, 3}
 
@@ -412,6 +417,9 @@ def test_json_keys_are_the_spec_field_names():
     }
     for record in doc["records"]:
         assert set(record) == {"type", "record_type"} | names(layouts[record["type"]])
+    for record in _expected("recon_thumbnails")["records"]:
+        if record["type"] == "ReconThumbnail":
+            assert set(record) == {"type", "record_type"} | names(schema.recon_thumbnail_payload)
     for record in _expected("padding")["records"]:  # §6.7 names no field: the filler is record_length bytes
         if record["type"] == "Padding":
             assert set(record) == {"type", "record_type", "record_length"}

@@ -17,6 +17,7 @@ from promptus_codec.container.records import (
     LatentFormat,
     ModelIdentity,
     QuantScheme,
+    ReconThumbnailRecord,
     SceneRecord,
     SourceGeometry,
 )
@@ -26,7 +27,7 @@ from tolerances import gamma64  # tests/ is on sys.path (rootdir conftest)
 M, N, RANK = 77, 1024, 8
 
 
-def make_stream(path, keyframes=(0, 10, 20), fps=Fraction(30)):
+def make_stream(path, keyframes=(0, 10, 20), fps=Fraction(30), thumbnails=False):
     rng = np.random.default_rng(7)
     header = FileHeader(
         coded_width=64,
@@ -47,6 +48,8 @@ def make_stream(path, keyframes=(0, 10, 20), fps=Fraction(30)):
         u = rng.integers(-128, 128, (M, RANK), dtype=np.int8)
         v = rng.integers(-128, 128, (RANK, N), dtype=np.int8)
         records.append(KeyframeRecord(k, RANK, QuantScheme.AFFINE_INT8, 0.02, -3.0, 0.1, 5.0, u, v))
+        if thumbnails:
+            records.append(ReconThumbnailRecord(k, rng.integers(16, 236, (16, 16), dtype=np.uint8)))
     write_prx(path, header, records)
     return header
 
@@ -71,6 +74,18 @@ def test_inspect_accounts_for_every_byte(stream):
     assert doc["kbps"]["total"] == pytest.approx(size * 8 / (21 / 30) / 1000, rel=gamma64(6), abs=0)
     assert [k["rank"] for k in doc["keyframes"]] == [RANK] * 3
     assert doc["model"]["denoiser_sha256"] == "01" * 32
+
+
+def test_inspect_counts_recon_thumbnails(stream, tmp_path):
+    with_thumbnails = tmp_path / "t.prx"
+    make_stream(with_thumbnails, thumbnails=True)
+    runner = CliRunner()
+    doc = json.loads(runner.invoke(main, ["inspect", str(with_thumbnails), "--json"]).output)
+    assert doc["recon_thumbnails"] == {"count": 3, "sizes": [[16, 16]], "bytes": 3 * 274}
+    assert doc["bytes"]["overhead"] - json.loads(runner.invoke(main, ["inspect", str(stream), "--json"]).output)["bytes"]["overhead"] == 3 * 274
+    text = runner.invoke(main, ["inspect", str(with_thumbnails)]).output
+    assert f"thumbnails  3 ReconThumbnail (16x16 luma) 822 B = {822 * 8 / 0.7 / 1000:.2f} kb/s of the overhead" in text
+    assert "thumbnails  none" in runner.invoke(main, ["inspect", str(stream)]).output
 
 
 def test_inspect_text_reports_truncation(stream, tmp_path):

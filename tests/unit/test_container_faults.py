@@ -37,6 +37,7 @@ from promptus_codec.container.records import (
     KeyframeRecord,
     LatentFormat,
     QualityRecord,
+    ReconThumbnailRecord,
     Rect,
     SceneRecord,
     SeekEntry,
@@ -447,6 +448,10 @@ HOSTILE = {
         forge_header() + SCENE0 + forge_record(0x0002, bytes(4) + b"\xff\xff\x01" + bytes(16) + bytes(40)),
         (LengthError, ForbiddenValueError),
     ),
+    "thumbnail 65535x65535": (
+        forge_header() + SCENE0 + KEY0 + forge_record(0x8005, bytes(4) + b"\xff\xff\xff\xff" + bytes(16)),
+        LengthError,
+    ),
     "tiny scene for a 4 Mi latent": (
         forge_header(latent_channels=4, latent_height=1024, latent_width=1024) + forge_record(0x0001, bytes(4) + b"\x01" + bytes(4) + bytes(64)),
         LengthError,
@@ -552,6 +557,15 @@ FORBIDDEN_IN_FILE = {
     "End payload short": (with_records(SCENE0, KEY0, forge_record(0x0003, bytes(19))), LengthError),
     "settings not JSON": (with_records(forge_record(0x8001, b"\xff{")), ForbiddenValueError),
     "settings a JSON list": (with_records(forge_record(0x8001, b"[1, 2]")), ForbiddenValueError),
+    "thumbnail 0x4": (with_records(SCENE0, KEY0, forge_record(0x8005, bytes(4) + b"\x00\x00\x04\x00")), ForbiddenValueError),
+    "thumbnail wider than the frame": (
+        with_records(SCENE0, KEY0, forge_record(0x8005, bytes(4) + (49).to_bytes(2, "little") + b"\x01\x00" + bytes(49))),
+        ForbiddenValueError,
+    ),
+    "thumbnail before its keyframe": (
+        with_records(SCENE0, forge_record(0x8005, bytes(4) + b"\x01\x00\x01\x00\x80")),
+        RecordOrderError,
+    ),
 }
 
 
@@ -649,6 +663,17 @@ BAD_RECORDS = {
     # ancillary records that cannot be framed
     "quality lists of unequal length": ([QualityRecord(0, (1.0,), ())], LengthError),
     "unknown record with a 17-bit type": ([UnknownAncillaryRecord(0x18000, b"")], FormatError),
+    # ReconThumbnail (§6.8, §5.1 O12 O13)
+    "thumbnail before any keyframe": ([GOOD_SCENE, ReconThumbnailRecord(0, np.zeros((16, 16), np.uint8))], RecordOrderError),
+    "thumbnail of an older keyframe": (
+        [GOOD_SCENE, GOOD_KEY, kf(frame_index=3), ReconThumbnailRecord(0, np.zeros((16, 16), np.uint8))],
+        RecordOrderError,
+    ),
+    "second thumbnail of a keyframe": ([GOOD_SCENE, GOOD_KEY, *[ReconThumbnailRecord(0, np.zeros((4, 4), np.uint8))] * 2], RecordOrderError),
+    "thumbnail empty": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((0, 16), np.uint8))], ForbiddenValueError),
+    "thumbnail wider than the frame": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((16, 49), np.uint8))], ForbiddenValueError),
+    "thumbnail of int8": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((16, 16), np.int8))], ForbiddenValueError),
+    "thumbnail flat": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros(256, np.uint8))], ForbiddenValueError),
     "unknown record over 16 MiB": ([UnknownAncillaryRecord(0x9000, bytes(schema.MAX_RECORD_LENGTH + 1))], LengthError),
 }
 
@@ -752,7 +777,7 @@ def written_is_readable(records, tmp_path) -> None:
     read_prx(target)
 
 
-@pytest.mark.parametrize("record_type", [0x0001, 0x0003, 0x0042, 0x8001, 0x8002, 0x8003])
+@pytest.mark.parametrize("record_type", [0x0001, 0x0003, 0x0042, 0x8001, 0x8002, 0x8003, 0x8004, 0x8005])
 def test_writer_refuses_unknown_record_of_critical_or_known_type(tmp_path, record_type):
     written_is_readable([GOOD_SCENE, GOOD_KEY, UnknownAncillaryRecord(record_type, b"junk")], tmp_path)
 

@@ -1,10 +1,12 @@
 """Rate control: exact byte accounting, and the (rank, K) choice for a target bitrate."""
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
+from promptus_codec.container import codec
 from promptus_codec.container.records import (
     EncoderSettingsRecord,
     FileHeader,
@@ -15,6 +17,7 @@ from promptus_codec.container.records import (
     PaddingRecord,
     QualityRecord,
     QuantScheme,
+    ReconThumbnailRecord,
     SceneRecord,
     SourceGeometry,
 )
@@ -23,8 +26,8 @@ from promptus_codec.errors import RateControlError
 from promptus_codec.ratecontrol import StreamLayout, keyframe_offsets, plan_rate, reachable_kbps, stream_bytes
 
 
-def write_planned_stream(path, layout: StreamLayout, plan, settings: dict):
-    """Write a stream with exactly the records the plan accounts for."""
+def write_planned_stream(path, layout: StreamLayout, plan, settings: dict, thumbnail: tuple[int, int] | None = None):
+    """Write a stream with exactly the records the plan accounts for (``thumbnail``: (w, h) after each keyframe)."""
     m, n = layout.prompt_shape
     c, h, w = layout.latent_shape
     header = FileHeader(
@@ -53,6 +56,8 @@ def write_planned_stream(path, layout: StreamLayout, plan, settings: dict):
             records.append(
                 KeyframeRecord(frame, r, QuantScheme.AFFINE_INT8, 1.0, 0.0, 1.0, 0.0, np.zeros((m, r), np.int8), np.zeros((r, n), np.int8))
             )
+            if thumbnail:
+                records.append(ReconThumbnailRecord(frame, np.full(thumbnail[::-1], 128, np.uint8)))
             first = frame if previous is None else previous + 1
             records.append(QualityRecord(first, (30.0,) * (frame - first + 1), (0.5,) * (frame - first + 1)))
             previous = frame
@@ -120,3 +125,19 @@ def test_float32_latents_cost_twice_float16():
     f16 = plan_rate(StreamLayout(**base), None, rank=8, interval=10).total_bytes
     f32 = plan_rate(StreamLayout(**base, latent_format=LatentFormat.FLOAT32), None, rank=8, interval=10).total_bytes
     assert f32 - f16 == 4 * 64 * 64 * 2
+
+
+@pytest.mark.parametrize("target", [100.0, 225.0])
+def test_recon_thumbnails_are_counted(tmp_path, target):
+    """One 16x16 ReconThumbnail per keyframe (18 + 256 bytes each, spec §11) still hits the target to the byte."""
+    payload = codec.recon_thumbnail_payload_size(16, 16)
+    layout = StreamLayout((60, 31), Fraction(30), latent_shape=(4, 16, 16), model_name="tiny",
+                          settings_bytes=SETTINGS_BYTES, thumbnail_payload=payload)
+    plan = plan_rate(layout, target)
+    path = tmp_path / "s.prx"
+    write_planned_stream(path, layout, plan, SETTINGS, thumbnail=(16, 16))
+    assert path.stat().st_size == plan.total_bytes
+    assert abs(plan.total_bytes * 8 / float(layout.duration_s) / 1000 - target) / target < 0.01
+    bare = replace(layout, thumbnail_payload=0)
+    count = len(plan.keyframes)
+    assert stream_bytes(layout, plan.interval, plan.ranks) - stream_bytes(bare, plan.interval, plan.ranks) == count * 274
