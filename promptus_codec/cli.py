@@ -2,7 +2,7 @@
 
 Each command imports its heavy modules inside its callback, so `promptus inspect` and
 `promptus validate` run on the base install (construct, click, numpy) without torch.
-Every PrxError becomes one line on stderr and exit status 1, in one place: PromptusGroup.
+Every PrxError (and OSError) becomes one line on stderr and exit status 1, in one place: PromptusGroup.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class PromptusGroup(click.Group):
             return super().invoke(ctx)
         except PrxError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a disk or permission problem: one line that names the file, not a traceback
+            where = "".join(f": {name}" for name in (exc.filename, exc.filename2) if name)
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
 
 
 def parse_fraction(value: str) -> Fraction:

@@ -7,7 +7,33 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from promptus_codec.errors import PrxError
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (links and ``..`` resolved); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_target(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), folder_ok: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written or that would replace an input.
+
+    ``folder_ok``: the target may be a folder (a PNG frame writer); the media writers check the rest.
+    """
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise PrxError(f"cannot write {path}: folder {parent} does not exist")
+    if not folder_ok and os.path.isdir(target):
+        raise PrxError(f"cannot write {path}: it is a folder")
+    for other in inputs:
+        if other is not None and str(other) != "-" and same_file(target, other):
+            raise PrxError(f"cannot write {path}: it is the input {other}; pick another output name")
 
 
 class TemporaryTarget:

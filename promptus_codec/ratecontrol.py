@@ -140,6 +140,10 @@ def _uniform_rank(layout: StreamLayout, interval: int, budget: int) -> int:
     return max(0, min(layout.max_rank, spare // per_rank))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def reachable_kbps(layout: StreamLayout) -> tuple[float, float]:
     """The lowest and highest bitrate any (rank, K) choice gives, in kb/s."""
     longest = max(layout.scene_lengths)
@@ -176,7 +180,7 @@ def plan_rate(
     if not low <= target_kbps <= high:
         raise RateControlError(
             f"{target_kbps:g} kb/s cannot be reached for this clip: the reachable range is "
-            f"{low:.1f}-{high:.1f} kb/s ({layout.frame_count} frames, {len(layout.scene_lengths)} scenes)"
+            f"{low:.1f}-{high:.1f} kb/s ({_count(layout.frame_count, 'frame')}, {_count(len(layout.scene_lengths), 'scene')})"
         )
     candidates = [interval] if interval is not None else range(1, longest + 1)
     chosen = None

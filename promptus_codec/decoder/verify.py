@@ -31,8 +31,12 @@ VERIFY_MIN_PSNR_DB = 40.0
 VERIFY_FAILED_EXIT = 3  # decode --verify: frames written, but some keyframe drifted past the threshold
 
 
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
 def _levels(count: int) -> str:
-    return f"{count} level{'s' * (count != 1)}"
+    return _count(count, "level")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class Verifier:
         worst_text = f"worst keyframe {worst.frame_index}: {worst.psnr_db:.2f} dB, max {_levels(worst.max_levels)}"
         if self.ok:
             return (
-                f"verify: OK: {len(self.checks)} keyframes match the encoder's reconstruction (thumbnail PSNR mean "
+                f"verify: OK: {_count(len(self.checks), 'keyframe')} match{'es' * (len(self.checks) == 1)} the encoder's "
+                f"reconstruction (thumbnail PSNR mean "
                 f"{mean:.2f} dB, {worst_text}; threshold {self.min_psnr_db:g} dB){missing}"
             )
         return (

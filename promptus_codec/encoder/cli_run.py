@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -10,6 +11,7 @@ import click
 
 from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.encode import PARTIAL_SUFFIX, EncodeOptions, Encoder, VideoInput, analyse
+from promptus_codec.errors import MediaError
 
 
 def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_name, weights, preset, overrides,
@@ -18,7 +20,13 @@ def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_na
     from tqdm import tqdm
 
     from promptus_codec.cli import load_named_model
+    from promptus_codec.fileio import check_target
 
+    if input != "-" and not os.path.exists(input):
+        raise MediaError(f"no such file: {input}")
+    check_target(output, [input])  # before any work: a missing folder, or the input itself
+    if recon:
+        check_target(recon, [input, output, f"{output}{PARTIAL_SUFFIX}"], folder_ok=True)
     if perceptual == "auto":
         from promptus_codec.metrics.perceptual import lpips_available
 
@@ -45,6 +53,8 @@ def run_encode(input, output, *, target_kbps, rank, interval, min_rank, model_na
         bar = stack.enter_context(tqdm(desc="analysing", unit="frame", disable=quiet, file=sys.stderr))
         analysis = analyse(video, model, options, progress=lambda n: bar.update(n - bar.n))
         bar.close()
+        if analysis.shortfall():
+            click.echo(f"promptus: warning: {analysis.shortfall()}", err=True)
         header, _, rate = encoder.plan(analysis)  # refuses an unreachable bitrate before writing
         bar = stack.enter_context(tqdm(total=len(rate.keyframes), desc="fitting", unit="keyframe", disable=quiet, file=sys.stderr))
 

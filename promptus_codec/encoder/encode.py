@@ -115,6 +115,20 @@ class Analysis:
     scene_lengths: tuple[int, ...]
     scene_latents: dict[int, np.ndarray]  # first frame -> (C, h, w) float32 VAE latent
     scene_starts: tuple[SceneStart, ...] = ()  # why each scene starts (first frame, cut, refresh)
+    stated_frames: int | None = None  # the frame count the input's container states; None = it does not say
+
+    @property
+    def frame_count(self) -> int:
+        return sum(self.scene_lengths)
+
+    def shortfall(self) -> str | None:
+        """A warning when the input ended before the frames its container lists (a cut file)."""
+        if self.stated_frames is None or self.frame_count >= self.stated_frames:
+            return None
+        return (
+            f"the input ended after {self.frame_count} of the {self.stated_frames} frames its container lists "
+            f"(a truncated file?); encoding those {self.frame_count}"
+        )
 
 
 @dataclass
@@ -186,6 +200,7 @@ def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, p
     with video.open() as source:
         coded_width, coded_height, geometry = plan_geometry(source.width, source.height, options.size, options.fit_mode, multiple=64)
         frame_rate = source.frame_rate
+        stated_frames = source.frame_count
         detector = CutDetector(options.scene_detector, options.cut_threshold, frame_rate, encode_latent)
         for index, frame in enumerate(coded_frames(source, coded_width, coded_height, geometry)):
             detector.add(frame)
@@ -202,7 +217,7 @@ def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, p
             if index in wanted:
                 latents[index] = encode_latent(frame)
     lengths = scene_lengths(starts, detector.frames)
-    return Analysis(coded_width, coded_height, geometry, frame_rate, lengths, latents, tuple(starts))
+    return Analysis(coded_width, coded_height, geometry, frame_rate, lengths, latents, tuple(starts), stated_frames)
 
 
 def build_header(model: GenerationModel, analysis: Analysis) -> FileHeader:

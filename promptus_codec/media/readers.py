@@ -81,8 +81,12 @@ class PyAVSource(VideoSource):
 
     def __init__(self, name: str, file, fps: Fraction | None = None, format: str | None = None):
         av = require("av", "media")
+        if isinstance(file, (str, os.PathLike)) and os.path.isfile(file) and os.path.getsize(file) == 0:
+            raise MediaError(f"cannot read {name} as video: the file is empty (0 bytes)")
         try:
             self._container = av.open(file, "r", format=format)
+        except av.InvalidDataError as exc:
+            raise MediaError(f"cannot read {name} as video: {_reason(exc)} (not a video, or an incomplete one)") from None
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise MediaError(f"cannot read {name} as video: {_reason(exc)}") from None
         streams = self._container.streams.video

@@ -165,3 +165,18 @@ def test_shim_and_console_script_agree(stream):
     real = subprocess.run([sys.executable, "-m", "promptus_codec.cli", "validate", str(stream)], capture_output=True, text=True)
     assert shim.returncode == real.returncode == 0
     assert shim.stdout == real.stdout
+
+
+def test_os_errors_become_one_line(tmp_path, monkeypatch):
+    """PromptusGroup turns an OSError (a full disk, a permission) into one line naming the file."""
+    import errno
+
+    import promptus_codec.legacy
+
+    def fail(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o.prx"))
+
+    monkeypatch.setattr(promptus_codec.legacy, "import_legacy", fail)
+    result = CliRunner().invoke(main, ["import-legacy", str(tmp_path), "-o", str(tmp_path / "o.prx")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output == f"Error: No space left on device: {tmp_path / 'o.prx'}\n"
