@@ -37,7 +37,6 @@ DEFAULT_THRESHOLDS = {
     "adaptive": 3.0,  # PySceneDetect's own default for AdaptiveDetector
     "latent": 0.8,  # relative RMS change of the grid; measured on the tiny model only
 }
-DEFAULT_CUT_THRESHOLD = DEFAULT_THRESHOLDS["latent"]  # the latent detector's, kept for its callers
 MIN_SCENE_FRAMES = 15  # PySceneDetect's default min_scene_len: a flash does not start a scene
 GRID = 4  # cells per side of the latent detector's coarse grid
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from promptus_codec.models.base import ModelSpec
+from promptus_codec.models.tiny import sd_vae_kwargs
 
 if TYPE_CHECKING:
     from promptus_codec.models.device import Layout
@@ -88,16 +89,7 @@ class MiniConfig:
         )
 
     def vae_kwargs(self) -> dict:
-        levels = len(self.encoder_channels)
-        return dict(
-            latent_channels=self.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=self.encoder_channels,
-            layers_per_block=1,
-            norm_num_groups=self.norm_num_groups,
-            scaling_factor=self.latent_scale,
-        )
+        return sd_vae_kwargs(self.encoder_channels, self.latent_channels, self.norm_num_groups, self.latent_scale)
 
     def prompt_encoder_kwargs(self) -> dict:
         return dict(

@@ -43,6 +43,20 @@ SPEC = ModelSpec(name="tiny")  # SD 2.x prompt and latent shapes, the reference'
 TINY_CPU_LAYOUT = Layout(decoder_channels_last=True, denoiser_channels_last=False)
 
 
+def sd_vae_kwargs(channels: tuple[int, ...], latent_channels: int, norm_num_groups: int, latent_scale: float) -> dict:
+    """AutoencoderKL config of SD's VAE shape (one resnet a level, /2 per level) at the given widths."""
+    levels = len(channels)
+    return dict(
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=channels,
+        layers_per_block=1,
+        norm_num_groups=norm_num_groups,
+        scaling_factor=latent_scale,
+    )
+
+
 @dataclass(frozen=True)
 class TinyConfig:
     """Sizes of the tiny networks; ``scripts/make_tiny_weights.py`` builds them from this."""
@@ -83,16 +97,7 @@ class TinyConfig:
         )
 
     def vae_kwargs(self) -> dict:
-        levels = len(self.encoder_channels)
-        return dict(
-            latent_channels=self.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=self.encoder_channels,
-            layers_per_block=1,
-            norm_num_groups=self.norm_num_groups,
-            scaling_factor=self.latent_scale,
-        )
+        return sd_vae_kwargs(self.encoder_channels, self.latent_channels, self.norm_num_groups, self.latent_scale)
 
 
 @dataclass(frozen=True)

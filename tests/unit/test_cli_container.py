@@ -148,10 +148,10 @@ def test_every_subcommand_has_help():
 
 def test_cut_threshold_help_shows_the_detectors_defaults():
     """The help text is formatted from encoder/scenes.py's constants, never a copy (it once said 0.5 for 0.8)."""
-    from promptus_codec.encoder.scenes import DEFAULT_CUT_THRESHOLD, DEFAULT_THRESHOLDS
+    from promptus_codec.encoder.scenes import DEFAULT_THRESHOLDS
 
     text = " ".join(CliRunner().invoke(main, ["encode", "--help"]).output.split())
-    assert f"latent {DEFAULT_CUT_THRESHOLD:g}" in text
+    assert f"latent {DEFAULT_THRESHOLDS['latent']:g}" in text
     for detector, threshold in DEFAULT_THRESHOLDS.items():
         assert f"{detector} {threshold:g}" in text
 
