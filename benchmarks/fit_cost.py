@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from promptus_codec.encoder.fit import PRESETS, PerceptualLoss, fit_keyframe  # noqa: E402
+from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.options import PRESETS  # noqa: E402
 from promptus_codec.generate import Generator, initial_noise_tensor  # noqa: E402
 from promptus_codec.models.registry import load_model  # noqa: E402
 from promptus_codec.prompt import Factors  # noqa: E402
@@ -37,7 +38,8 @@ def one_round(generator: Generator, size: int, interval: int, iterations: int, r
     previous = Factors(0, torch.randn(m, rank, generator=g), torch.randn(rank, n, generator=g))
     config = replace(PRESETS["fast"], iterations=iterations, early_stop_patience=0)
     started = time.perf_counter()
-    result = fit_keyframe(generator, targets, z_prev, noise, interval, rank, previous, config, PerceptualLoss(None))
+    task = FitTask(targets, z_prev, noise, frame_index=interval, rank=rank, previous=previous)
+    result = fit_keyframe(generator, task, config, PerceptualLoss(None))
     return (time.perf_counter() - started) / result.iterations
 
 

@@ -65,7 +65,8 @@ from promptus_codec.container.records import ModelIdentity  # noqa: E402
 from promptus_codec.decoder.driver import decode_frames  # noqa: E402
 from promptus_codec.decoder.torch_runtime import TorchRuntime  # noqa: E402
 from promptus_codec.encoder.encode import EncodeOptions, Encoder, analyse  # noqa: E402
-from promptus_codec.encoder.fit import PRESETS, PerceptualLoss, fit_keyframe  # noqa: E402
+from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.options import PRESETS  # noqa: E402
 from promptus_codec.generate import Generator, initial_noise_tensor  # noqa: E402
 from promptus_codec.media.readers import VideoSource  # noqa: E402
 from promptus_codec.metrics.quality import PSNR_CAP_DB, psnr  # noqa: E402
@@ -626,7 +627,8 @@ def fit_check(run: Run, name: str, dtype: str) -> dict:
     device.reset_peak()
     stopped = None
     try:
-        fit_keyframe(generator, targets, z_prev, noise, a.frames, RANK, previous, config, PerceptualLoss(None), on_step=on_step)
+        task = FitTask(targets, z_prev, noise, frame_index=a.frames, rank=RANK, previous=previous)
+        fit_keyframe(generator, task, config, PerceptualLoss(None), on_step=on_step)
     except OutOfTime as exc:
         stopped = str(exc)
     except (ValueError, RuntimeError) as exc:  # a non-finite iterate can stop the fit: that is a finding

@@ -66,7 +66,7 @@ def main() -> None:
 
     from promptus_codec.container.reader import read_prx
     from promptus_codec.container.records import KeyframeRecord
-    from promptus_codec.decoder.cli_run import longest_call
+    from promptus_codec.decoder.runtimes import longest_call
     from promptus_codec.decoder.onnx_runtime import OnnxRuntime
     from promptus_codec.decoder.torch_runtime import TorchRuntime
     from promptus_codec.engine.cache import find_graphs

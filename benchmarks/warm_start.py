@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ from promptus_codec.container.records import QuantScheme, KeyframeRecord
 from promptus_codec.decoder.driver import decode_interval, dequantized_factors
 from promptus_codec.decoder.torch_runtime import TorchRuntime
 from promptus_codec.encoder.encode import frames_to_tensor
-from promptus_codec.encoder.fit import FitConfig, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.options import FitConfig
 from promptus_codec.media import apply_geometry, open_video, plan_geometry
 from promptus_codec.models.registry import load_model
 from promptus_codec.noise import initial_noise
@@ -60,11 +60,9 @@ def main() -> None:
     def fit(targets, z_prev, frame, previous, warm):
         losses = []
         start = time.perf_counter()
-        result = fit_keyframe(
-            runtime.generator, frames_to_tensor(targets, "cpu"), torch.from_numpy(z_prev), noise_t, frame, args.rank,
-            previous, replace(config, init="random" if warm is None else "warm"), perceptual, warm=warm,
-            on_step=lambda step, value, best: losses.append(best),
-        )
+        task = FitTask(frames_to_tensor(targets, "cpu"), torch.from_numpy(z_prev), noise_t, frame_index=frame,
+                       rank=args.rank, previous=previous, start=warm)
+        result = fit_keyframe(runtime.generator, task, config, perceptual, on_step=lambda step, value, best: losses.append(best))
         return result, losses, time.perf_counter() - start
 
     def as_torch(f):

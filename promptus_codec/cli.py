@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import json
 import sys
-from fractions import Fraction
 
 import click
 
 from promptus_codec import __version__
+from promptus_codec.cli_options import (
+    BITRATE, FRACTION, SIZE, device_option, dtype_option, model_option, quiet_option, weights_option,
+)
+from promptus_codec.container.records import LatentFormat
+from promptus_codec.decoder.driver import DEFAULT_MAX_BATCH
+from promptus_codec.decoder.runtimes import BACKENDS
+from promptus_codec.decoder.verify import VERIFY_MIN_PSNR_DB
+from promptus_codec.encoder.options import FIT_MODES, INITS, PERCEPTUAL_LOSSES, PRESETS, EncodeOptions, FitConfig
+from promptus_codec.encoder.scenes import DEFAULT_THRESHOLDS, DETECTORS
 from promptus_codec.errors import PrxError
-from promptus_codec.encoder.scenes import DEFAULT_DETECTOR, DEFAULT_THRESHOLDS, DETECTORS
 
 
 class PromptusGroup(click.Group):
@@ -31,17 +38,6 @@ class PromptusGroup(click.Group):
         except OSError as exc:  # a disk or permission problem: one line that names the file, not a traceback
             where = "".join(f": {name}" for name in (exc.filename, exc.filename2) if name)
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
-
-
-def parse_fraction(value: str) -> Fraction:
-    """'30', '29.97' or '30000/1001' as an exact positive Fraction."""
-    try:
-        rate = Fraction(value)
-    except (ValueError, ZeroDivisionError):
-        raise click.BadParameter(f"{value!r} is not a number or a fraction like 30000/1001") from None
-    if rate <= 0:
-        raise click.BadParameter(f"{value!r} must be positive")
-    return rate
 
 
 @click.group(cls=PromptusGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,7 +81,7 @@ def validate(file):
 @main.command("import-legacy")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .prx file to write.")
-@click.option("--fps", default="30", show_default=True, callback=lambda c, p, v: parse_fraction(v), help="Frame rate of the clip.")
+@click.option("--fps", type=FRACTION, default="30", show_default=True, help="Frame rate of the clip.")
 @click.option("--model-name", default="sd-turbo", show_default=True, help="Model name written into the header.")
 def import_legacy(folder, output, fps, model_name):
     """Convert the reference implementation's prompt FOLDER (frame_NNNNN.prompt + init.pth)."""
@@ -95,93 +91,51 @@ def import_legacy(folder, output, fps, model_name):
     click.echo(f"wrote {output}: {header.frame_count} frames, {header.coded_width}x{header.coded_height}")
 
 
-def parse_bitrate(value: str | None) -> float | None:
-    """'225k', '1.5M' or '225000' (bits per second) as kb/s."""
-    if value is None:
-        return None
-    text = value.strip().lower().removesuffix("bps").removesuffix("b/s")
-    scale = {"k": 1.0, "m": 1000.0}.get(text[-1:], 0.001)
-    try:
-        kbps = float(text.rstrip("km")) * scale
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a bitrate like 225k, 1.5M or 225000") from None
-    if not kbps > 0:
-        raise click.BadParameter(f"{value!r} must be positive")
-    return kbps
-
-
-def parse_size(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size like 512x512") from None
-    return width, height
-
-
-model_option = click.option(
-    "--model", default=None,
-    help="tiny (built in, random weights), mini (built in, trained here; in training) or sd-turbo. "
-    "Default: encode tiny; decode the stream's own model."
-)
-weights_option = click.option(
-    "--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id (default: search)."
-)
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-dtype_option = click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-
-
-def load_named_model(name: str, weights: str | None, device: str, dtype: str):
-    from promptus_codec.models.registry import load_model
-
-    kwargs = {"source": weights} if weights and name == "sd-turbo" else {}
-    return load_model(name, device=device, dtype=dtype, **kwargs)
-
-
 @main.command()
 @click.argument("input", type=str)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .prx file to write.")
-@click.option("--bitrate", default=None, help="Target total bitrate, e.g. 225k. Rate control picks rank and interval.")
+@click.option("--bitrate", type=BITRATE, default=None, help="Target total bitrate, e.g. 225k. Rate control picks rank and interval.")
 @click.option("--rank", type=int, default=None, help="Force the rank of every keyframe.")
 @click.option("--interval", type=int, default=None, help="Force the keyframe interval K (frames).")
-@click.option("--min-rank", type=int, default=8, show_default=True, help="Rate control keeps at least this rank while shortening K.")
-@model_option
+@click.option("--min-rank", type=int, default=EncodeOptions.min_rank, show_default=True,
+              help="Rate control keeps at least this rank while shortening K.")
+@model_option("tiny")
 @weights_option
-@click.option("--preset", default="fast", show_default=True, help="Fitting effort: paper, slow, fast or draft.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=EncodeOptions.preset, show_default=True, help="Fitting effort.")
 @click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
 @click.option("--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe.")
 @click.option("--lr", type=float, default=None, help="Override the preset: Adam learning rate.")
-@click.option("--alpha", type=float, default=None, help="Weight of MSE in the loss; 1 - alpha goes to LPIPS (default 0.8).")
+@click.option("--alpha", type=float, default=None, help=f"Weight of MSE in the loss; 1 - alpha goes to LPIPS (default {FitConfig.alpha}).")
 @click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
-@click.option("--no-warm-start", is_flag=True, help="Start each keyframe from random factors, not the previous keyframe's.")
+@click.option("--no-warm-start", is_flag=True, help="Start each keyframe from random factors, not the previous keyframe's (--init random).")
 @click.option(
-    "--init", type=click.Choice(["auto", "random", "warm", "amortized"]), default="auto", show_default=True,
+    "--init", type=click.Choice(INITS), default=FitConfig.init, show_default=True,
     help="Where fitting starts: the model's prompt encoder (amortized; mini has one), the previous keyframe (warm), "
     "or random. auto: amortized where the model has a prompt encoder, else warm.",
 )
 @click.option(
-    "--perceptual", default="auto", show_default=True,
+    "--perceptual", type=click.Choice(PERCEPTUAL_LOSSES), default="auto", show_default=True,
     help="lpips (needs AlexNet weights in the torch hub cache), none, or auto: lpips when its weights are present.",
 )
-@click.option("--size", default=None, help="Coded size WxH, multiples of 64 (default: short side 512, aspect kept).")
-@click.option("--fit", "fit_mode", type=click.Choice(["crop", "pad", "scale"]), default="crop", show_default=True)
-@click.option("--fps", default=None, help="Override the source frame rate, e.g. 30000/1001.")
-@click.option("--refresh", type=float, default=10.0, show_default=True, help="Start a new scene at least every N seconds (0 = only at cuts).")
+@click.option("--size", type=SIZE, default=None, help="Coded size WxH, multiples of 64 (default: short side 512, aspect kept).")
+@click.option("--fit", "fit_mode", type=click.Choice(FIT_MODES), default=EncodeOptions.fit_mode, show_default=True)
+@click.option("--fps", type=FRACTION, default=None, help="Override the source frame rate, e.g. 30000/1001.")
+@click.option("--refresh", type=float, default=EncodeOptions.refresh_s, show_default=True,
+              help="Start a new scene at least every N seconds (0 = only at cuts).")
 @click.option(
-    "--scene-detector", type=click.Choice(DETECTORS), default=DEFAULT_DETECTOR, show_default=True,
+    "--scene-detector", type=click.Choice(DETECTORS), default=EncodeOptions.scene_detector, show_default=True,
     help="Cut detection: PySceneDetect's content or adaptive detector on pixels, or the paper's latent change (A.1).",
 )
 @click.option(
     "--cut-threshold", type=float, default=None,
     help="The scene detector's threshold. Defaults: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_THRESHOLDS.items()) + ".",
 )
-@click.option("--latent-format", type=click.Choice(["float32", "float16", "int8"]), default="float16", show_default=True)
+@click.option("--latent-format", type=click.Choice([f.name.lower() for f in LatentFormat]),
+              default=EncodeOptions.latent_format.name.lower(), show_default=True, help="Storage of the scene latents.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted encode from OUTPUT.partial.")
 @click.option("--recon", default=None, help="Also write the encoder's own reconstruction (y4m, mp4 or PNG folder).")
 @click.option(
-    "--verify-record/--no-verify-record", default=True, show_default=True,
+    "--verify-record/--no-verify-record", default=EncodeOptions.verify_record, show_default=True,
     help="After each keyframe, a ReconThumbnail record (16x16 luma of the encoder's reconstruction, 274 bytes) "
     "that decode --verify compares against.",
 )
@@ -189,45 +143,45 @@ def load_named_model(name: str, weights: str | None, device: str, dtype: str):
 @dtype_option
 @quiet_option
 def encode(input, output, bitrate, rank, interval, min_rank, model, weights, preset, iterations, first_iterations, lr,
-           alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold, latent_format, resume,
-           recon, verify_record, device, dtype, quiet):
+           alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold,
+           latent_format, resume, recon, verify_record, device, dtype, quiet):
     """Encode a video (mp4/mkv/mov/webm, .y4m or '-' for y4m on stdin, or a folder of PNG/JPEG frames)."""
-    from promptus_codec.encoder.cli_run import run_encode
+    from promptus_codec.encoder.cli_run import check_paths, run_encode
+    from promptus_codec.metrics.perceptual import resolve_perceptual
 
+    check_paths(input, output, recon)  # before any work: a missing input or folder, or the input itself
     overrides = {
         "iterations": iterations, "first_iterations": first_iterations, "lr": lr, "alpha": alpha, "temporal_beta": beta,
+        "init": "random" if no_warm_start else init,
     }
-    if no_warm_start:
-        init = "random"
-    if init != "auto":
-        overrides["init"] = init
-    run_encode(
-        input, output,
-        target_kbps=parse_bitrate(bitrate), rank=rank, interval=interval, min_rank=min_rank,
-        model_name=model or "tiny", weights=weights, preset=preset,
-        overrides={k: v for k, v in overrides.items() if v is not None}, perceptual=perceptual,
-        size=parse_size(size), fit_mode=fit_mode, fps=None if fps is None else parse_fraction(fps),
-        refresh=refresh, scene_detector=scene_detector, cut_threshold=cut_threshold, latent_format=latent_format, resume=resume, recon=recon,
-        verify_record=verify_record, device=device, dtype=dtype, quiet=quiet,
+    options = EncodeOptions(
+        target_kbps=bitrate, rank=rank, interval=interval, min_rank=min_rank, preset=preset, size=size,
+        fit_mode=fit_mode, fps=fps, refresh_s=refresh, scene_detector=scene_detector, cut_threshold=cut_threshold,
+        latent_format=LatentFormat[latent_format.upper()],
+        perceptual=resolve_perceptual(perceptual, warn=lambda message: click.echo(f"promptus: warning: {message}", err=True)),
+        fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None and v != "auto")),
+        verify_record=verify_record,
     )
+    run_encode(input, output, options, model_name=model, weights=weights, device=device, dtype=dtype, quiet=quiet,
+               resume=resume, recon=recon)
 
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, help="OUT.y4m, '-' (y4m on stdout), OUT.mp4, or a folder for PNG frames.")
-@model_option
+@model_option(None, " Default: the stream's own model.")
 @weights_option
-@click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt", "auto"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--chroma", type=click.Choice(["420", "444"]), default="420", show_default=True, help="y4m/mp4 chroma subsampling.")
 @click.option("--crf", type=int, default=18, show_default=True, help="mp4 (H.264) quality: lower is better.")
 @click.option("--restore-size", is_flag=True, help="Scale back to the source geometry stored in the header.")
-@click.option("--batch", type=int, default=16, show_default=True, help="Frames per generation call.")
+@click.option("--batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="Frames per generation call.")
 @click.option(
     "--verify", is_flag=True,
     help="Compare each keyframe with the encoder's ReconThumbnail record and report the PSNR; exit 3 (frames still "
     "written) when one is below --verify-min-psnr.",
 )
-@click.option("--verify-min-psnr", type=float, default=None, help="Threshold of --verify in dB (default 40).")
+@click.option("--verify-min-psnr", type=float, default=None, help=f"Threshold of --verify in dB (default {VERIFY_MIN_PSNR_DB:g}).")
 @device_option
 @dtype_option
 @quiet_option

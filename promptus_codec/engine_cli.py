@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import click
 
-
-def size_option(ctx, param, value: str) -> tuple[int, int]:
-    from promptus_codec.cli import parse_size
-
-    return parse_size(value)
+from promptus_codec.cli_options import SIZE, model_option, weights_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,12 +19,12 @@ def engine():
 
 
 @engine.command()
-@click.option("--model", default="tiny", show_default=True, help="tiny (built in, random), mini (built in, in training) or sd-turbo.")
-@click.option("--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id.")
+@model_option("tiny")
+@weights_option
 @click.option("--batch", type=int, multiple=True, default=[10], show_default=True,
               help="Frames per call: the keyframe interval. Repeat to export several (--batch 1 --batch 10 "
                    "spares padding a scene's first frame).")
-@click.option("--size", required=True, callback=size_option, help="Coded frame size WxH.")
+@click.option("--size", type=SIZE, required=True, help="Coded frame size WxH.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Weights and activations of the graph (fp16 for GPUs; inputs and outputs stay float32).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
@@ -36,11 +32,11 @@ def engine():
 @click.option("-o", "--output-dir", default=None, help="Folder to write to (default: $PROMPTUS_ENGINE_DIR, else ./engine).")
 def export(model, weights, batch, size, precision, opset, verify, output_dir):
     """Export the generation step of a model to ONNX, one graph per --batch."""
-    from promptus_codec.cli import load_named_model
     from promptus_codec.engine.export import compare_with_torch, export_graph
+    from promptus_codec.models.registry import load_model
 
     width, height = size
-    loaded = load_named_model(model, weights, "cpu", precision)
+    loaded = load_model(model, device="cpu", dtype=precision, weights=weights)
     for frames in batch:
         exported = export_graph(loaded, frames, width, height, opset=opset, directory=output_dir)
         click.echo(f"exported {exported.path} ({exported.bytes / 1e6:.1f} MB) in {exported.seconds:.1f} s")

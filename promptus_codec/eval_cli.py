@@ -14,6 +14,11 @@ import functools
 
 import click
 
+from promptus_codec.cli_options import (
+    BITRATE, FRACTION, SIZE, device_option, dtype_option, model_option, quiet_option, weights_option,
+)
+from promptus_codec.encoder.options import FIT_MODES, PERCEPTUAL_LOSSES, PRESETS, EncodeOptions
+
 
 def _one_line_errors(callback):
     """The codec's own errors as one line and exit status 1, also outside PromptusGroup."""
@@ -34,8 +39,7 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-fit_choice = click.Choice(["crop", "pad", "scale"])
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+fit_choice = click.Choice(FIT_MODES)
 
 
 @click.command("eval")
@@ -72,22 +76,23 @@ def eval_command(source, decoded, fit, frame_tolerance, json_path, csv_path, dev
 @click.command("compare")
 @click.argument("source", type=str)
 @click.option("--bitrates", required=True, help="Promptus target bitrates, comma-separated, e.g. 100k,225k,550k.")
-@click.option("--model", default="tiny", show_default=True, help="Promptus model: tiny (built in, random), mini (built in, in training) or sd-turbo.")
-@click.option("--weights", default=None, help="sd-turbo weights, as for `promptus encode --weights`.")
-@click.option("--preset", default="fast", show_default=True, help="Promptus fitting effort: paper, slow, fast or draft.")
+@model_option("tiny")
+@weights_option
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=EncodeOptions.preset, show_default=True,
+              help="Promptus fitting effort.")
 @click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
 @click.option("--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe.")
-@click.option("--perceptual", default="auto", show_default=True,
+@click.option("--perceptual", type=click.Choice(PERCEPTUAL_LOSSES), default="auto", show_default=True,
               help="Promptus fitting loss: lpips, none, or auto (lpips when its AlexNet weights are here, else none).")
-@click.option("--size", default=None, help="Coded size WxH, multiples of 64 (default: the encoder's).")
-@click.option("--fit", "fit_mode", type=fit_choice, default="crop", show_default=True)
-@click.option("--fps", default=None, help="Override the source frame rate, e.g. 30000/1001.")
+@click.option("--size", type=SIZE, default=None, help="Coded size WxH, multiples of 64 (default: the encoder's).")
+@click.option("--fit", "fit_mode", type=fit_choice, default=EncodeOptions.fit_mode, show_default=True)
+@click.option("--fps", type=FRACTION, default=None, help="Override the source frame rate, e.g. 30000/1001.")
 @click.option("--baselines", default="x265,vvenc", show_default=True, help="Classic codecs, comma-separated: x265, vvenc, svtav1.")
 @click.option("-o", "--outdir", default=None, help="Output folder (default: compare-<source name>).")
 @click.option("--keep-streams", is_flag=True, help="Also copy every coded stream into OUTDIR/streams/.")
 @device_option
-@click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@dtype_option
+@quiet_option
 @_one_line_errors
 def compare_command(source, bitrates, model, weights, preset, iterations, first_iterations, perceptual, size, fit_mode, fps, baselines, outdir,
                     keep_streams, device, dtype, quiet):
@@ -101,17 +106,16 @@ def compare_command(source, bitrates, model, weights, preset, iterations, first_
     import time
     from pathlib import Path
 
-    from promptus_codec.cli import parse_bitrate, parse_fraction, parse_size
     from promptus_codec.metrics.compare import CompareOptions, format_rows, run_compare
 
-    targets = tuple(parse_bitrate(b) for b in _split(bitrates))
+    targets = tuple(BITRATE.convert(b, None, None) for b in _split(bitrates))
     if not targets:
         raise click.BadParameter("give at least one bitrate, e.g. 100k,225k", param_hint="--bitrates")
     overrides = {"iterations": iterations, "first_iterations": first_iterations}
     options = CompareOptions(
         bitrates_kbps=targets, model=model, weights=weights, preset=preset,
         fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None)), perceptual=perceptual,
-        size=parse_size(size), fit_mode=fit_mode, fps=None if fps is None else parse_fraction(fps),
+        size=size, fit_mode=fit_mode, fps=fps,
         baselines=tuple(_split(baselines)), device=device, dtype=dtype, keep_streams=keep_streams,
     )
     outdir = outdir or f"compare-{Path(source).stem}"

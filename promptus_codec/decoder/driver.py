@@ -7,9 +7,9 @@
                                            └─> runtime.generate(...) -> frames, written as they come
 
 This module is torch-free: prompt math and noise are numpy, and a *runtime* (PyTorch,
-ONNX Runtime or TensorRT) does the generation step. The encoder's closed loop calls
-:func:`decode_interval` too, so the encoder's own reconstruction and every decoder run
-the same code.
+ONNX Runtime or TensorRT) does the generation step. The encoder's closed loop runs
+:class:`ClosedLoop` too, so the encoder's own reconstruction and every decoder run the
+same code.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from promptus_codec.container.records import (
     Record,
     SceneRecord,
 )
-from promptus_codec.errors import ModelMismatchError
+from promptus_codec.errors import ForbiddenValueError, ModelMismatchError, RecordOrderError
 from promptus_codec.noise import initial_noise
 from promptus_codec.prompt import Factors, dequantize, interval_prompts
 
@@ -68,9 +68,15 @@ def check_model(header: FileHeader, model: ModelIdentity, warn=None) -> None:
         )
 
 
+def stream_noise(header: FileHeader) -> np.ndarray:
+    """The stream's one noise tensor N0 (1, C, h, w) float32 (spec §9)."""
+    return initial_noise(header.generation.noise_seed, header.latent_shape, header.generation.noise_generator)
+
+
 def dequantized_factors(record: KeyframeRecord) -> Factors:
     """u (m, r) and v (r, n) as float32 (spec §6.2.1)."""
-    assert record.quant_scheme == QuantScheme.AFFINE_INT8
+    if record.quant_scheme != QuantScheme.AFFINE_INT8:
+        raise ForbiddenValueError(f"keyframe {record.frame_index}: quant_scheme {record.quant_scheme!r} has no decoder")
     return Factors(
         record.frame_index,
         dequantize(record.u, record.u_scale, record.u_zero_point),
@@ -122,6 +128,41 @@ def decode_interval(
     return Interval(first, np.concatenate(images), last_latent.astype(np.float32))
 
 
+class ClosedLoop:
+    """The decoder's state from record to record (spec §9), written once for every caller.
+
+    A Scene record resets z_prev to its latent; a Keyframe record decodes its interval from
+    z_prev and then advances z_prev to the interval's last x0. The decode driver, the
+    encoder's reconstruction and the encoder's --resume all feed records through one of
+    these, so encoder and decoder stay in closed loop by construction.
+    """
+
+    def __init__(self, runtime: Runtime, noise: np.ndarray, max_batch: int = DEFAULT_MAX_BATCH):
+        self.runtime = runtime
+        self.noise = noise  # (1, C, h, w) float32, the stream's N0
+        self.max_batch = max_batch
+        self.z_prev: np.ndarray | None = None  # (1, C, h, w) float32: the scene latent, then the latest x0
+        self.previous: Factors | None = None  # the latest keyframe's stored factors; None right after a Scene
+        self.keyframes = 0  # keyframes decoded so far
+        self.last_keyframe = -1  # frame index of the latest one
+
+    def accept(self, record: Record) -> Interval | None:
+        """Advance past ``record``; the frames it completes (a Keyframe's interval), else None."""
+        if isinstance(record, SceneRecord):
+            self.z_prev, self.previous = record.latent_float32()[None], None  # (1, C, h, w)
+            return None
+        if not isinstance(record, KeyframeRecord):
+            return None
+        if self.z_prev is None:
+            raise RecordOrderError(f"keyframe {record.frame_index} comes before any Scene record", None)
+        following = dequantized_factors(record)
+        interval = decode_interval(self.runtime, self.z_prev, self.noise, self.previous, following, self.max_batch)
+        self.z_prev, self.previous = interval.next_latent, following
+        self.keyframes += 1
+        self.last_keyframe = record.frame_index
+        return interval
+
+
 @dataclass
 class DecodeReport:
     frames: int = 0
@@ -151,20 +192,14 @@ def decode_frames(
     check_model(header, runtime.identity(), warn)
     report = report if report is not None else DecodeReport()
     report.frames_expected = header.frame_count or None
-    noise = initial_noise(header.generation.noise_seed, header.latent_shape, header.generation.noise_generator)
-    z_prev, previous = None, None
+    loop = ClosedLoop(runtime, stream_noise(header), max_batch)
     for record in reader:
         if on_record is not None:
             on_record(record)
-        if isinstance(record, SceneRecord):
-            z_prev, previous = record.latent_float32()[None], None  # (1, C, h, w)
-        elif isinstance(record, KeyframeRecord):
-            following = dequantized_factors(record)
-            interval = decode_interval(runtime, z_prev, noise, previous, following, max_batch)
-            for offset, image in enumerate(interval.images):
-                report.frames += 1
-                yield interval.first_frame + offset, image
-            z_prev, previous = interval.next_latent, following
+        interval = loop.accept(record)
+        for offset, image in enumerate(interval.images if interval is not None else ()):
+            report.frames += 1
+            yield interval.first_frame + offset, image
     if reader.end is not None:
         report.frames_expected = reader.end.frame_count
     if reader.truncation is not None:

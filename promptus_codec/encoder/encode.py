@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
@@ -49,59 +49,19 @@ from promptus_codec.container.records import (
     SourceGeometry,
 )
 from promptus_codec.container.writer import PrxWriter
-from promptus_codec.decoder.driver import Interval, decode_interval, dequantized_factors
+from promptus_codec.decoder.driver import ClosedLoop, Interval, stream_noise
 from promptus_codec.decoder.torch_runtime import TorchRuntime
-from promptus_codec.encoder.fit import PRESETS, FitConfig, PerceptualLoss, fit_keyframe
-from promptus_codec.encoder.scenes import DEFAULT_DETECTOR, CutDetector, SceneStart, scene_lengths, scene_starts
+from promptus_codec.encoder.fit import FitResult, FitTask, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.options import INITS, EncodeOptions
+from promptus_codec.encoder.scenes import CutDetector, SceneStart, scene_lengths, scene_starts
 from promptus_codec.errors import MediaError, PrxError, TruncatedError
 from promptus_codec.metrics.quality import psnr as psnr_db
 from promptus_codec.metrics.thumbnail import luma_thumbnail, thumbnail_shape
 from promptus_codec.models.base import GenerationModel
-from promptus_codec.noise import initial_noise
 from promptus_codec.prompt import Factors
 from promptus_codec.ratecontrol import FRAMING, RatePlan, StreamLayout, plan_rate, tail_bytes
 
 PARTIAL_SUFFIX = ".partial"
-
-
-@dataclass(frozen=True)
-class EncodeOptions:
-    """Everything that decides the bytes of the output. Recorded in the EncoderSettings record."""
-
-    target_kbps: float | None = None  # total bitrate; None = --rank and --interval decide
-    rank: int | None = None  # force every keyframe's rank
-    interval: int | None = None  # force the keyframe interval K
-    min_rank: int = 8  # rate control keeps at least this rank while shrinking K
-    preset: str = "fast"  # fitting effort, see encoder.fit.PRESETS
-    size: tuple[int, int] | None = None  # coded (W, H); None = short side 512, multiples of 64
-    fit_mode: str = "crop"  # crop (the reference) | pad | scale
-    fps: Fraction | None = None  # override the source frame rate
-    refresh_s: float = 10.0  # start a scene at least this often (seconds); 0 = only at cuts
-    scene_detector: str = DEFAULT_DETECTOR  # content | adaptive (PySceneDetect, pixels) | latent (paper A.1)
-    cut_threshold: float | None = None  # the detector's threshold; None = its default (encoder/scenes.py)
-    latent_format: LatentFormat = LatentFormat.FLOAT16  # storage of scene latents
-    perceptual: str = "lpips"  # lpips | none | lpips-random (tests only: untrained backbone)
-    fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
-    verify_record: bool = True  # a ReconThumbnail after each keyframe, so decode --verify can measure drift
-
-    def fit_config(self) -> FitConfig:
-        if self.preset not in PRESETS:
-            raise PrxError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[self.preset], **dict(self.fit_overrides))
-
-    def settings(self, model_name: str) -> dict:
-        """The JSON object stored in the EncoderSettings record."""
-        d = asdict(self)
-        d.update(
-            fps=None if self.fps is None else f"{self.fps.numerator}/{self.fps.denominator}",
-            latent_format=self.latent_format.name.lower(),
-            size=None if self.size is None else list(self.size),
-            fit_overrides=dict(self.fit_overrides),
-            fit=self.fit_config().to_json(),
-            model=model_name,
-            encoder="promptus-codec",
-        )
-        return d
 
 
 @dataclass
@@ -254,24 +214,26 @@ def perceptual_loss(kind: str, device) -> PerceptualLoss:
 
 
 @dataclass
-class _State:
-    """What the encoder carries from one keyframe to the next (closed loop)."""
+class Progress:
+    """How far an encode has come, as on_keyframe hears it."""
 
-    z_prev: np.ndarray | None = None  # (1, C, h, w) float32
-    previous: Factors | None = None  # stored factors of the latest keyframe, numpy
     keyframes_done: int = 0
-    last_frame: int = -1  # latest keyframe's index
-    psnr: list[float] = field(default_factory=list)
+    keyframes_total: int = 0
+    psnr: list[float] = field(default_factory=list)  # per frame of the encoder's own reconstruction, dB
 
 
 class Encoder:
-    """Pass 2 for one input: fit, write and reconstruct keyframe by keyframe."""
+    """Pass 2 for one input: fit, write and reconstruct keyframe by keyframe.
+
+    Holds what holds for the whole encode (model, options, fitting loss, initialiser);
+    :meth:`encode` makes an :class:`EncodeRun` for the state that changes keyframe by keyframe.
+    """
 
     def __init__(self, model: GenerationModel, options: EncodeOptions, on_keyframe: Callable | None = None, recon=None):
         self.model = model
         self.options = options
         self.fit = options.fit_config()
-        self.on_keyframe = on_keyframe
+        self.on_keyframe = on_keyframe  # on_keyframe(progress: Progress, result: FitResult)
         self.recon = recon  # a media frame writer for the encoder's own reconstruction, or None
         self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
         self.initializer, self.initializer_digest = None, None
@@ -282,7 +244,7 @@ class Encoder:
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(model.spec.name, model.device)
         elif self.fit.init not in ("random", "warm"):
-            raise PrxError(f"unknown init {self.fit.init!r}: choose auto, random, warm or amortized")
+            raise PrxError(f"unknown init {self.fit.init!r}: choose one of {', '.join(INITS)}")
 
     def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
         header = build_header(self.model, analysis)
@@ -306,76 +268,32 @@ class Encoder:
         rate = plan_rate(layout, self.options.target_kbps, self.options.rank, self.options.interval, self.options.min_rank)
         return header, EncoderSettingsRecord(settings), rate
 
-    def _fit_interval(self, runtime, noise, state: _State, frames: np.ndarray, keyframe: int, rank: int, writer: PrxWriter):
-        """Fit, write and reconstruct one keyframe; ``frames`` are its interval's (K, H, W, 3)."""
-        device = self.model.device
-        as_torch = lambda f: None if f is None else Factors(f.frame_index, torch.from_numpy(f.u), torch.from_numpy(f.v))  # noqa: E731
-        result = fit_keyframe(
-            runtime.generator,
-            frames_to_tensor(frames, device),
-            torch.from_numpy(state.z_prev).to(device),
-            torch.from_numpy(noise).to(device),
-            keyframe,
-            rank,
-            as_torch(state.previous),
-            self.fit,
-            self.perceptual,
-            warm=self._predicted(frames[-1], keyframe, rank) if self.initializer else as_torch(state.previous),
-        )
-        record = KeyframeRecord(
-            keyframe, rank, QuantScheme.AFFINE_INT8, result.u_scale, result.u_zero_point, result.v_scale, result.v_zero_point, result.u, result.v
-        )
-        writer.write(record)
-        self._reconstruct(runtime, noise, state, record, frames, writer, result.frame_losses)
-        return result
-
-    def _predicted(self, frame: np.ndarray, keyframe: int, rank: int) -> Factors:
-        """The prompt encoder's rank-``rank`` factors for one (H, W, 3) frame, a start for fitting."""
+    def start_for(self, frame: np.ndarray, keyframe: int, rank: int, previous: Factors | None) -> Factors | None:
+        """Where fitting keyframe ``keyframe`` starts: the prompt encoder's factors for its (H, W, 3)
+        ``frame`` (amortized), the previous keyframe's (warm), or None (seeded random)."""
+        if self.fit.init == "random":
+            return None
+        if self.initializer is None:
+            return None if previous is None else Factors(previous.frame_index, torch.from_numpy(previous.u), torch.from_numpy(previous.v))
         with torch.no_grad():
             u, v = self.initializer(frames_to_tensor([frame], self.model.device))  # (1, m, R), (1, R, n)
         return Factors(keyframe, u[0, :, :rank].float().cpu(), v[0, :rank].float().cpu())
 
-    def _reconstruct(self, runtime, noise, state: _State, record: KeyframeRecord, frames, writer, losses) -> Interval:
-        """Decode ``record`` as the decoder will; write its ReconThumbnail and Quality records; advance the state.
-
-        Quality comes last: resume keeps the records up to the last Quality record.
-        """
-        factors = dequantized_factors(record)
-        interval = decode_interval(runtime, state.z_prev, noise, state.previous, factors)
-        self._write_recon(interval)
-        if self.options.verify_record:
-            width, height = thumbnail_shape(writer.header.coded_width, writer.header.coded_height)
-            writer.write(ReconThumbnailRecord(record.frame_index, luma_thumbnail(interval.images[-1], width, height)))
-        psnr = [psnr_db(b, a) for a, b in zip(interval.images, frames)]
-        writer.write(QualityRecord(interval.first_frame, tuple(psnr), tuple(losses)))
-        state.psnr += psnr
-        state.z_prev, state.previous = interval.next_latent, factors
-        state.keyframes_done += 1
-        state.last_frame = record.frame_index
-        return interval
-
     def encode(self, video: VideoInput, output: Path, analysis: Analysis, resume: bool = False) -> EncodeReport:
         header, settings, rate = self.plan(analysis)
         partial = Path(str(output) + PARTIAL_SUFFIX)
-        runtime = TorchRuntime(self.model, header.generation)
-        noise = initial_noise(header.generation.noise_seed, header.latent_shape, header.generation.noise_generator)
-        keyframes = rate.keyframes
-        state = _State()
-        if resume:
-            stream, writer = self._reopen(partial, header, settings, runtime, noise, state, analysis)
-        else:
-            stream = open(partial, "wb")
-            writer = PrxWriter(stream, header)
-            writer.write(settings)
-        with stream:
-            self._run(video, analysis, header, rate, keyframes, runtime, noise, state, writer, stream)
-            padding = rate.total_bytes - writer.offset - FRAMING - tail_bytes(writer.order.scene_count) if rate.padding_bytes >= 0 else -1
+        run = EncodeRun.resume(self, partial, header, settings) if resume else EncodeRun.start(self, partial, header, settings)
+        with run.stream:
+            run.progress.keyframes_total = len(rate.keyframes)
+            run.fit_remaining(video, analysis, rate)
+            padding = rate.total_bytes - run.writer.offset - FRAMING - tail_bytes(run.writer.order.scene_count) if rate.padding_bytes >= 0 else -1
             if padding >= 0:
-                writer.write(PaddingRecord(padding))
-            end = writer.finish()
+                run.writer.write(PaddingRecord(padding))
+            end = run.writer.finish()
         os.replace(partial, output)
         size = output.stat().st_size
         duration = float(end.frame_count / header.frame_rate)
+        psnr = run.progress.psnr
         return EncodeReport(
             frames=end.frame_count,
             keyframes=end.keyframe_count,
@@ -383,38 +301,36 @@ class Encoder:
             target_kbps=self.options.target_kbps,
             achieved_kbps=size * 8 / duration / 1000,
             bytes=size,
-            mean_psnr_db=float(np.mean(state.psnr)) if state.psnr else float("nan"),
+            mean_psnr_db=float(np.mean(psnr)) if psnr else float("nan"),
             interval=rate.interval,
             ranks=rate.ranks,
         )
 
-    def _write_recon(self, interval: Interval) -> None:
-        for image in interval.images if self.recon is not None else ():
-            self.recon.write(image)
 
-    def _run(self, video, analysis, header, rate, keyframes, runtime, noise, state, writer, stream):
-        """Stream the frames again and fit every keyframe not yet written."""
-        ranks = dict(zip(keyframes, rate.ranks))
-        scene_starts = set(analysis.scene_latents)
-        pending: list[np.ndarray] = []
-        with video.open() as source:
-            for index, frame in enumerate(coded_frames(source, header.coded_width, header.coded_height, header.geometry)):
-                if index <= state.last_frame:
-                    continue  # already in the partial file
-                if index in scene_starts:
-                    scene = store_latent(analysis.scene_latents[index], self.options.latent_format)
-                    scene.first_frame = index
-                    writer.write(scene)
-                    state.z_prev, state.previous = scene.latent_float32()[None], None
-                pending.append(frame)
-                if index in ranks:
-                    result = self._fit_interval(runtime, noise, state, np.stack(pending), index, ranks[index], writer)
-                    stream.flush()
-                    pending = []
-                    if self.on_keyframe:
-                        self.on_keyframe(state, result, len(keyframes))
+class EncodeRun:
+    """One encode's changing state: the partial file, its writer, and the closed loop.
 
-    def _reopen(self, partial: Path, header, settings, runtime, noise, state: _State, analysis):
+    Every record goes to the writer and, in the same order, to the ClosedLoop a decoder runs,
+    so z_prev and the previous keyframe are always what the decoder will have there.
+    """
+
+    def __init__(self, encoder: Encoder, stream, writer: PrxWriter):
+        self.encoder = encoder
+        self.stream = stream  # the open OUT.prx.partial
+        self.writer = writer
+        header = writer.header
+        self.loop = ClosedLoop(TorchRuntime(encoder.model, header.generation), stream_noise(header))
+        self.progress = Progress()
+
+    @classmethod
+    def start(cls, encoder: Encoder, partial: Path, header: FileHeader, settings: EncoderSettingsRecord) -> "EncodeRun":
+        stream = open(partial, "wb")
+        writer = PrxWriter(stream, header)
+        writer.write(settings)
+        return cls(encoder, stream, writer)
+
+    @classmethod
+    def resume(cls, encoder: Encoder, partial: Path, header: FileHeader, settings: EncoderSettingsRecord) -> "EncodeRun":
         """Continue ``partial``: keep every record up to the last Quality record, rebuild the state."""
         if not partial.is_file():
             raise PrxError(f"nothing to resume: {partial} does not exist (run without --resume)")
@@ -435,34 +351,103 @@ class Encoder:
                 stream.truncate()
                 writer = PrxWriter(stream, header)
                 writer.write(settings)
-                return stream, writer
+                return cls(encoder, stream, writer)
             while kept and not isinstance(kept[-1][0], (QualityRecord, EncoderSettingsRecord)):
                 kept.pop()
             order = DecodeOrder(header)
-            offset = len(self._header_bytes(header))
+            offset = header_size(header)
             for record, end in kept:
                 order.accept(record, offset)
                 offset = end
-                if isinstance(record, SceneRecord):
-                    state.z_prev, state.previous = record.latent_float32()[None], None
-                elif isinstance(record, KeyframeRecord):
-                    factors = dequantized_factors(record)
-                    interval = decode_interval(runtime, state.z_prev, noise, state.previous, factors)
-                    self._write_recon(interval)
-                    state.z_prev, state.previous = interval.next_latent, factors
-                    state.keyframes_done += 1
-                    state.last_frame = record.frame_index
-                elif isinstance(record, QualityRecord):
-                    state.psnr += list(record.psnr_db)
             stream.seek(offset)
             stream.truncate()
-            return stream, PrxWriter(stream, header, resume_from=order, offset=offset)
+            run = cls(encoder, stream, PrxWriter(stream, header, resume_from=order, offset=offset))
+            for record, _ in kept:
+                interval = run.loop.accept(record)
+                if interval is not None:
+                    encoder_recon_write(encoder, interval)
+                    run.progress.keyframes_done += 1
+                elif isinstance(record, QualityRecord):
+                    run.progress.psnr += list(record.psnr_db)
+            return run
         except BaseException:
             stream.close()
             raise
 
-    @staticmethod
-    def _header_bytes(header: FileHeader) -> bytes:
-        from promptus_codec.container.codec import header_to_bytes
+    def write(self, record) -> None:
+        """Write ``record`` and feed it to the closed loop (a Keyframe record's interval is reconstructed)."""
+        self.writer.write(record)
+        return self.loop.accept(record)
 
-        return header_to_bytes(header)
+    def fit_remaining(self, video: VideoInput, analysis: Analysis, rate: RatePlan) -> None:
+        """Stream the frames again and fit every keyframe not yet written."""
+        header = self.writer.header
+        ranks = dict(zip(rate.keyframes, rate.ranks))
+        pending: list[np.ndarray] = []
+        with video.open() as source:
+            for index, frame in enumerate(coded_frames(source, header.coded_width, header.coded_height, header.geometry)):
+                if index <= self.loop.last_keyframe:
+                    continue  # already in the partial file
+                if index in analysis.scene_latents:
+                    scene = store_latent(analysis.scene_latents[index], self.encoder.options.latent_format)
+                    scene.first_frame = index
+                    self.write(scene)
+                pending.append(frame)
+                if index in ranks:
+                    result = self.fit_interval(np.stack(pending), index, ranks[index])
+                    self.stream.flush()
+                    pending = []
+                    if self.encoder.on_keyframe:
+                        self.encoder.on_keyframe(self.progress, result)
+
+    def fit_interval(self, frames: np.ndarray, keyframe: int, rank: int) -> FitResult:
+        """Fit, write and reconstruct one keyframe; ``frames`` are its interval's (K, H, W, 3)."""
+        encoder, loop = self.encoder, self.loop
+        device = encoder.model.device
+        previous = None if loop.previous is None else Factors(
+            loop.previous.frame_index, torch.from_numpy(loop.previous.u), torch.from_numpy(loop.previous.v)
+        )
+        task = FitTask(
+            targets=frames_to_tensor(frames, device),
+            z_prev=torch.from_numpy(loop.z_prev).to(device),
+            noise=torch.from_numpy(loop.noise).to(device),
+            frame_index=keyframe,
+            rank=rank,
+            previous=previous,
+            start=encoder.start_for(frames[-1], keyframe, rank, loop.previous),
+        )
+        result = fit_keyframe(loop.runtime.generator, task, encoder.fit, encoder.perceptual)
+        record = KeyframeRecord(
+            keyframe, rank, QuantScheme.AFFINE_INT8, result.u_scale, result.u_zero_point, result.v_scale, result.v_zero_point, result.u, result.v
+        )
+        interval = self.write(record)  # decoded exactly as the decoder will
+        self.write_checks(interval, frames, result.frame_losses)
+        return result
+
+    def write_checks(self, interval: Interval, frames: np.ndarray, losses: list[float]) -> None:
+        """The reconstruction of one keyframe's interval: to --recon, ReconThumbnail and Quality records.
+
+        Quality comes last: resume keeps the records up to the last Quality record.
+        """
+        encoder_recon_write(self.encoder, interval)
+        header = self.writer.header
+        if self.encoder.options.verify_record:
+            width, height = thumbnail_shape(header.coded_width, header.coded_height)
+            self.write(ReconThumbnailRecord(interval.first_frame + len(interval.images) - 1,
+                                            luma_thumbnail(interval.images[-1], width, height)))
+        psnr = [psnr_db(b, a) for a, b in zip(interval.images, frames)]
+        self.write(QualityRecord(interval.first_frame, tuple(psnr), tuple(losses)))
+        self.progress.psnr += psnr
+        self.progress.keyframes_done += 1
+
+
+def encoder_recon_write(encoder: Encoder, interval: Interval) -> None:
+    """The interval's frames to the encoder's --recon writer, if it has one."""
+    for image in interval.images if encoder.recon is not None else ():
+        encoder.recon.write(image)
+
+
+def header_size(header: FileHeader) -> int:
+    from promptus_codec.container.codec import header_to_bytes
+
+    return len(header_to_bytes(header))

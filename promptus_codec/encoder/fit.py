@@ -16,42 +16,13 @@ previous keyframe's generated latent (interpolation-aware fitting).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from promptus_codec.encoder.options import FitConfig
 from promptus_codec.prompt import INT8_MAX, INT8_MIN, Factors, interpolate, quant_params
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """How hard to fit. Presets are in PRESETS."""
-
-    first_iterations: int = 300  # a scene's first keyframe starts from nothing
-    iterations: int = 100  # later keyframes start near the previous one
-    lr: float = 0.1  # Adam step; the reference's value
-    plateau_patience: int = 20  # iterations without a new best before the lr is halved
-    early_stop_patience: int = 60  # iterations without a new best before fitting stops (0 = never)
-    min_improvement: float = 1e-4  # relative loss decrease that counts as a new best
-    alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
-    l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding
-    temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
-    init: str = "auto"  # start: random | warm (previous keyframe) | amortized (prompt encoder) | auto (amortized if the model has one)
-    max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
-    seed: int = 0  # initial factors come from a generator seeded with (seed, frame index)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-PRESETS = {
-    # The reference's settings: 10,000 / 1,500 iterations, lr 0.1 halved on plateau.
-    "paper": FitConfig(first_iterations=10_000, iterations=1_500, plateau_patience=100, early_stop_patience=0),
-    "slow": FitConfig(first_iterations=2_000, iterations=500, plateau_patience=50, early_stop_patience=200),
-    "fast": FitConfig(first_iterations=300, iterations=100, plateau_patience=20, early_stop_patience=60),
-    "draft": FitConfig(first_iterations=40, iterations=15, plateau_patience=8, early_stop_patience=0),
-}
 
 
 def fake_quant(x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
@@ -71,7 +42,20 @@ def quantize_codes(x: torch.Tensor, scale: float, zero_point: float) -> torch.Te
     return q.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
-@dataclass
+@dataclass(frozen=True)
+class FitTask:
+    """One keyframe to fit, and what it is fitted from."""
+
+    targets: torch.Tensor  # (K, 3, H, W) in [0, 1]: frames previous.frame_index+1 .. frame_index, or the keyframe alone
+    z_prev: torch.Tensor  # (1, C, h, w): the scene latent, or the previous keyframe's x0
+    noise: torch.Tensor  # (1, C, h, w): the stream's N0
+    frame_index: int
+    rank: int
+    previous: Factors | None = None  # the previous keyframe's *stored* (dequantised) factors; None opens a scene
+    start: Factors | None = None  # where to start (previous keyframe, prompt encoder); None = seeded random
+
+
+@dataclass(frozen=True)
 class FitResult:
     """The stored form of the best iterate, and how fitting went."""
 
@@ -83,7 +67,7 @@ class FitResult:
     v_zero_point: float
     best_loss: float
     initial_loss: float
-    iterations: int  # iterations actually run
+    iterations: int  # iterations run until this result was returned
     frame_losses: list[float]  # per frame of the interval, at the best iterate
 
 
@@ -100,38 +84,31 @@ class PerceptualLoss(torch.nn.Module):
         return self.lpips(images * 2 - 1, targets * 2 - 1, normalize=False).flatten()
 
 
-def _initial_factors(m: int, n: int, rank: int, seed: int, frame_index: int, warm: Factors | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    if warm is not None and warm.rank == rank:
-        return torch.as_tensor(warm.u).clone(), torch.as_tensor(warm.v).clone()
-    g = torch.Generator().manual_seed(seed * 1_000_003 + frame_index)
+def _initial_factors(task: FitTask, m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if task.start is not None and task.start.rank == task.rank:
+        return torch.as_tensor(task.start.u).clone(), torch.as_tensor(task.start.v).clone()
+    g = torch.Generator().manual_seed(seed * 1_000_003 + task.frame_index)
     # c = u v / sqrt(r) then has unit-variance entries, the scale of CLIP embeddings.
-    return torch.randn(m, rank, generator=g), torch.randn(rank, n, generator=g)
+    return torch.randn(m, task.rank, generator=g), torch.randn(task.rank, n, generator=g)
 
 
 def fit_keyframe(
     generator: torch.nn.Module,
-    targets: torch.Tensor,
-    z_prev: torch.Tensor,
-    noise: torch.Tensor,
-    frame_index: int,
-    rank: int,
-    previous: Factors | None,
+    task: FitTask,
     config: FitConfig,
     perceptual: PerceptualLoss,
-    warm: Factors | None = None,
     on_step=None,
 ) -> FitResult:
-    """Fit keyframe ``frame_index``.
+    """Fit keyframe ``task.frame_index`` through ``generator`` (promptus_codec.generate.Generator).
 
-    targets: (K, 3, H, W) in [0, 1], the frames previous.frame_index+1 .. frame_index (or the
-    keyframe alone when ``previous`` is None). z_prev, noise: (1, C, h, w). ``previous`` holds
-    the previous keyframe's *stored* (dequantised) factors as torch tensors.
+    ``on_step(step, loss, best_loss)`` hears every iteration.
     """
+    z_prev, noise, targets, previous, frame_index = task.z_prev, task.noise, task.targets, task.previous, task.frame_index
     device, dtype = z_prev.device, z_prev.dtype
     frames = targets.shape[0]
     first_frame = frame_index - frames + 1
     m, n = generator.prompt_shape
-    u0, v0 = _initial_factors(m, n, rank, config.seed, frame_index, warm if config.init != "random" else None, device)
+    u0, v0 = _initial_factors(task, m, n, config.seed)
     u = torch.nn.Parameter(u0.to(device, torch.float32))
     v = torch.nn.Parameter(v0.to(device, torch.float32))
     optimizer = torch.optim.Adam([u, v], lr=config.lr)
@@ -178,15 +155,18 @@ def fit_keyframe(
                 frame_losses[i] = f
         if initial is None:
             initial = value
-        if best is None or value < best[0] * (1 - config.min_improvement):
-            codes_u = quantize_codes(u.detach(), u_scale, u_zp)
-            codes_v = quantize_codes(v.detach(), v_scale, v_zp)
-            best = (value, codes_u, codes_v, u_scale, u_zp, v_scale, v_zp, frame_losses.clone())
+        if best is None or value < best.best_loss * (1 - config.min_improvement):
+            best = FitResult(
+                u=quantize_codes(u.detach(), u_scale, u_zp).cpu().numpy(),
+                v=quantize_codes(v.detach(), v_scale, v_zp).cpu().numpy(),
+                u_scale=u_scale, u_zero_point=u_zp, v_scale=v_scale, v_zero_point=v_zp,
+                best_loss=value, initial_loss=initial, iterations=step + 1, frame_losses=frame_losses.tolist(),
+            )
             since_best = 0
         else:
             since_best += 1
         if on_step:
-            on_step(step, value, best[0])
+            on_step(step, value, best.best_loss)
         if config.early_stop_patience and since_best >= config.early_stop_patience:
             break
         if step + 1 == total_iterations:
@@ -196,16 +176,4 @@ def fit_keyframe(
         optimizer.step()
         scheduler.step(value)
 
-    value, codes_u, codes_v, u_scale, u_zp, v_scale, v_zp, losses = best
-    return FitResult(
-        u=codes_u.cpu().numpy(),
-        v=codes_v.cpu().numpy(),
-        u_scale=u_scale,
-        u_zero_point=u_zp,
-        v_scale=v_scale,
-        v_zero_point=v_zp,
-        best_loss=value,
-        initial_loss=initial,
-        iterations=step + 1,
-        frame_losses=losses.tolist(),
-    )
+    return replace(best, iterations=step + 1)

@@ -77,14 +77,6 @@ def row(codec: str, target: float, size: int, frames: int, rate: Fraction, resul
     }
 
 
-def resolve_perceptual(perceptual: str) -> str:
-    from promptus_codec.metrics.perceptual import lpips_available
-
-    if perceptual != "auto":
-        return perceptual
-    return "lpips" if lpips_available("alex") else "none"
-
-
 def _promptus_frames(prx: Path, model):
     """Decode a .prx with the torch runtime, as `promptus decode` does: RGB uint8 (H, W, 3) frames."""
     from promptus_codec.container.reader import PrxReader
@@ -119,6 +111,7 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
     from promptus_codec.encoder.encode import EncodeOptions, Encoder, VideoInput, analyse
     from promptus_codec.media import open_video
     from promptus_codec.metrics.plots import frame_strip, rd_plot
+    from promptus_codec.metrics.perceptual import resolve_perceptual
     from promptus_codec.models.registry import load_model
 
     started = time.perf_counter()
@@ -138,8 +131,7 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="promptus-compare-")))
         video = VideoInput(source, options.fps, stack)
-        kwargs = {"source": options.weights} if options.weights and options.model == "sd-turbo" else {}
-        model = load_model(options.model, device=options.device, dtype=options.dtype, **kwargs)
+        model = load_model(options.model, device=options.device, dtype=options.dtype, weights=options.weights)
         log(f"analysing {source} ({options.model}, perceptual loss: {perceptual})")
         analysis = analyse(video, model, encode_options)
         frames, rate = sum(analysis.scene_lengths), analysis.frame_rate

@@ -27,6 +27,26 @@ def lpips_available(net: str = "alex") -> bool:
     return backbone_path(net).is_file()
 
 
+AUTO_NONE_WARNING = (
+    "LPIPS backbone weights are not in the torch hub cache; fitting with MSE only "
+    "(--perceptual lpips makes this an error and says which file is missing)"
+)
+
+
+def resolve_perceptual(kind: str, warn=None) -> str:
+    """--perceptual as the encoder takes it: "auto" is lpips when AlexNet's weights are here, else none.
+
+    ``warn`` hears AUTO_NONE_WARNING when auto falls back to none.
+    """
+    if kind != "auto":
+        return kind
+    if lpips_available("alex"):
+        return "lpips"
+    if warn is not None:
+        warn(AUTO_NONE_WARNING)
+    return "none"
+
+
 def load_lpips(net: str = "alex", random_backbone: bool = False):
     """An eval-mode ``lpips.LPIPS`` on images in [-1, 1], frozen.
 

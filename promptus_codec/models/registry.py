@@ -24,13 +24,16 @@ def load_model(
     name: str,
     device: "str | torch.device" = "auto",
     dtype: "str | torch.dtype" = "auto",
+    weights: str | None = None,
     **kwargs,
 ) -> "GenerationModel":
     """Load model ``name`` on ``device`` ("auto", "cpu", "cuda") in ``dtype`` ("auto", "fp32",
     "fp16", "bf16"); see :mod:`promptus_codec.models.device` for what "auto" picks.
 
-    ``kwargs`` go to the backend's loader: ``path`` for tiny, ``source`` (and the like) for
-    sd-turbo. An unknown name raises ModelError listing the choices.
+    ``weights`` is ``--weights``: where sd-turbo's weights are (a file, a folder or a hub id);
+    the built-in models carry their own and ignore it. ``kwargs`` go to the backend's loader:
+    ``path`` for tiny, ``source`` (and the like) for sd-turbo. An unknown name raises
+    ModelError listing the choices.
     """
     if name not in MODEL_NAMES:
         raise ModelError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
@@ -47,6 +50,8 @@ def load_model(
         return load_mini(device=device, dtype=dtype, **kwargs)
     from promptus_codec.models.sd_turbo import load_sd_turbo
 
+    if weights:
+        kwargs["source"] = weights
     return load_sd_turbo(device=device, dtype=dtype, **kwargs)
 
 

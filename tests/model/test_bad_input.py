@@ -128,7 +128,7 @@ CASES = {
     "1-frame video at 100k": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "100k"), "1-frame video", 1,
                                   "100 kb/s cannot be reached for this clip: the reachable range is"),
     "1-frame video at 1000k": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "1000k"), "1-frame video",
-                                   0, "encoded 1 frames (64x64) into 1 keyframes", leaves=("o.prx",)),
+                                   0, "encoded 1 frame (64x64) into 1 keyframes", leaves=("o.prx",)),
     "16x16 video": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "10"), "16x16 video",
                         1, "the source video is 16x16, below the minimum of 64x64 pixels"),
     "1k target": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "1k"), "clip", 1,

@@ -26,7 +26,8 @@ from promptus_codec.container.records import (
     QualityRecord,
     SceneRecord,
 )
-from promptus_codec.encoder.fit import FitConfig, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.options import FitConfig
 from promptus_codec.generate import Generator, initial_noise_tensor
 
 from .streams import write_clip
@@ -55,7 +56,7 @@ def test_fitting_loss_falls(tiny_model):
     z_prev = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
     noise = initial_noise_tensor(tiny_model.spec.generation, (4, 8, 8))
     config = FitConfig(first_iterations=60, early_stop_patience=0, alpha=1.0)
-    result = fit_keyframe(generator, target, z_prev, noise, 0, 4, None, config, PerceptualLoss(None))
+    result = fit_keyframe(generator, FitTask(target, z_prev, noise, frame_index=0, rank=4), config, PerceptualLoss(None))
     assert result.iterations == 60
     assert result.best_loss < 0.5 * result.initial_loss
     assert result.u.dtype == np.int8 and result.u.shape == (77, 4) and result.v.shape == (4, 1024)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptus_codec.decoder.cli_run import FACT_FAILED, AUTO_ORDER, LazyFacts, choose_backend, runtime_label
+from promptus_codec.decoder.runtimes import FACT_FAILED, AUTO_ORDER, LazyFacts, choose_backend, runtime_label
 from promptus_codec.errors import MissingDependencyError
 
 EVERYTHING = {fact: True for fact in FACT_FAILED}

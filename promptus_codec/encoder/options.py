@@ -1,0 +1,88 @@
+"""What decides an encode's bytes, as plain dataclasses: EncodeOptions, FitConfig and the presets.
+
+Torch-free, so that the command line can show every default from here (``show_default``)
+without importing the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+
+from promptus_codec.container.records import LatentFormat
+from promptus_codec.encoder.scenes import DEFAULT_DETECTOR
+from promptus_codec.errors import PrxError
+
+INITS = ("auto", "random", "warm", "amortized")  # FitConfig.init; auto = amortized where the model has a prompt encoder
+FIT_MODES = ("crop", "pad", "scale")  # EncodeOptions.fit_mode, as media.geometry.FITS maps them; crop is the reference's
+PERCEPTUAL_LOSSES = ("auto", "lpips", "none")  # --perceptual; EncodeOptions also takes lpips-random (tests only)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How hard to fit. Presets are in PRESETS."""
+
+    first_iterations: int = 300  # a scene's first keyframe starts from nothing
+    iterations: int = 100  # later keyframes start near the previous one
+    lr: float = 0.1  # Adam step; the reference's value
+    plateau_patience: int = 20  # iterations without a new best before the lr is halved
+    early_stop_patience: int = 60  # iterations without a new best before fitting stops (0 = never)
+    min_improvement: float = 1e-4  # relative loss decrease that counts as a new best
+    alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
+    l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding
+    temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
+    init: str = "auto"  # start: random | warm (previous keyframe) | amortized (prompt encoder) | auto (amortized if the model has one)
+    max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
+    seed: int = 0  # initial factors come from a generator seeded with (seed, frame index)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    # The reference's settings: 10,000 / 1,500 iterations, lr 0.1 halved on plateau.
+    "paper": FitConfig(first_iterations=10_000, iterations=1_500, plateau_patience=100, early_stop_patience=0),
+    "slow": FitConfig(first_iterations=2_000, iterations=500, plateau_patience=50, early_stop_patience=200),
+    "fast": FitConfig(first_iterations=300, iterations=100, plateau_patience=20, early_stop_patience=60),
+    "draft": FitConfig(first_iterations=40, iterations=15, plateau_patience=8, early_stop_patience=0),
+}
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Everything that decides the bytes of the output. Recorded in the EncoderSettings record."""
+
+    target_kbps: float | None = None  # total bitrate; None = --rank and --interval decide
+    rank: int | None = None  # force every keyframe's rank
+    interval: int | None = None  # force the keyframe interval K
+    min_rank: int = 8  # rate control keeps at least this rank while shrinking K
+    preset: str = "fast"  # fitting effort, see encoder.fit.PRESETS
+    size: tuple[int, int] | None = None  # coded (W, H); None = short side 512, multiples of 64
+    fit_mode: str = "crop"  # crop (the reference) | pad | scale
+    fps: Fraction | None = None  # override the source frame rate
+    refresh_s: float = 10.0  # start a scene at least this often (seconds); 0 = only at cuts
+    scene_detector: str = DEFAULT_DETECTOR  # content | adaptive (PySceneDetect, pixels) | latent (paper A.1)
+    cut_threshold: float | None = None  # the detector's threshold; None = its default (encoder/scenes.py)
+    latent_format: LatentFormat = LatentFormat.FLOAT16  # storage of scene latents
+    perceptual: str = "lpips"  # lpips | none | lpips-random (tests only: untrained backbone)
+    fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
+    verify_record: bool = True  # a ReconThumbnail after each keyframe, so decode --verify can measure drift
+
+    def fit_config(self) -> FitConfig:
+        if self.preset not in PRESETS:
+            raise PrxError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[self.preset], **dict(self.fit_overrides))
+
+    def settings(self, model_name: str) -> dict:
+        """The JSON object stored in the EncoderSettings record."""
+        d = asdict(self)
+        d.update(
+            fps=None if self.fps is None else f"{self.fps.numerator}/{self.fps.denominator}",
+            latent_format=self.latent_format.name.lower(),
+            size=None if self.size is None else list(self.size),
+            fit_overrides=dict(self.fit_overrides),
+            fit=self.fit_config().to_json(),
+            model=model_name,
+            encoder="promptus-codec",
+        )
+        return d
