@@ -8,7 +8,7 @@ Every figure is one generation step through a decoder runtime (numpy in, numpy o
 `promptus decode` runs it:
 
     torch-eager     decoder/torch_runtime.py
-    torch-compile   the same, its Generator through torch.compile with inductor freezing
+    torch-compile   the same, its GenerationStep through torch.compile with inductor freezing
     onnx-cpu        decoder/onnx_runtime.py on a graph from engine/export.py (exported once, cached)
 
 Models: "tiny" (the shipped weights) and "sd-arch" (SD 2.1 UNet + TAESD built from the shipped
@@ -155,9 +155,9 @@ def flops_per_frame(model_name: str, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptus_codec.generate import Generator
+    from promptus_codec.generate import GenerationStep
 
-    generator = Generator(build_model(model_name, device="meta"))
+    generator = GenerationStep(build_model(model_name, device="meta"))
     z = torch.zeros(1, 4, size // 8, size // 8, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         latents = generator.latents(z, z, torch.zeros(1, 77, 1024, device="meta"))

@@ -3,7 +3,7 @@
     python benchmarks/fit_cost.py [--models tiny,mini] [--size 128] [--interval 10] [--rounds 5]
 
 One iteration is what encoder/fit.py does per step for a later keyframe: the interval's K
-frames (plus the worst one again) through generate.Generator, the loss, backward to U and V,
+frames (plus the worst one again) through generate.GenerationStep, the loss, backward to U and V,
 an Adam step. Models alternate round by round so that a busy machine slows both alike; the
 figure is the best round's ms per iteration.
 """
@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.options import PRESETS  # noqa: E402
-from promptus_codec.generate import Generator, initial_noise_tensor  # noqa: E402
+from promptus_codec.generate import GenerationStep, initial_noise_tensor  # noqa: E402
 from promptus_codec.models.registry import load_model  # noqa: E402
 from promptus_codec.prompt import Factors  # noqa: E402
 
 
-def one_round(generator: Generator, size: int, interval: int, iterations: int, rank: int = 8) -> float:
+def one_round(generator: GenerationStep, size: int, interval: int, iterations: int, rank: int = 8) -> float:
     """Seconds per iteration of fit_keyframe over one interval of random frames."""
     g = torch.Generator().manual_seed(0)
     h = size // generator.scale_factor
@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     names = args.models.split(",")
-    generators = {name: Generator(load_model(name, device="cpu", dtype="fp32")) for name in names}
+    generators = {name: GenerationStep(load_model(name, device="cpu", dtype="fp32")) for name in names}
     for generator in generators.values():
         one_round(generator, args.size, args.interval, 2)  # warm-up: allocator, oneDNN kernels
     best = {name: float("inf") for name in names}

@@ -16,7 +16,7 @@ Models (``--model``, comma-separated):
 Sections of report.json, each {"status": "measured" | "skipped" | "failed", "reason": ..., "results": [...]},
 every result row carrying its own status too:
     matmul_peak   a large matmul per dtype: the TFLOP/s ceiling the other figures are held against
-    decode        one generation step (generate.Generator) per model, size, batch, dtype and mode:
+    decode        one generation step (generate.GenerationStep) per model, size, batch, dtype and mode:
                   eager | cuda-graph (torch.cuda.CUDAGraph replay) | compile (torch.compile, last,
                   within --compile-budget); ms/frame, TFLOP/s, % of the matmul peak, peak memory
     encode_step   encoder/fit.py's fit_keyframe on K frames for --iterations iterations per dtype:
@@ -67,7 +67,7 @@ from promptus_codec.decoder.torch_runtime import TorchRuntime  # noqa: E402
 from promptus_codec.encoder.encode import EncodeOptions, Encoder, analyse  # noqa: E402
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.options import PRESETS  # noqa: E402
-from promptus_codec.generate import Generator, initial_noise_tensor  # noqa: E402
+from promptus_codec.generate import GenerationStep, initial_noise_tensor  # noqa: E402
 from promptus_codec.media.readers import VideoSource  # noqa: E402
 from promptus_codec.metrics.quality import PSNR_CAP_DB, psnr  # noqa: E402
 from promptus_codec.models import registry  # noqa: E402
@@ -274,7 +274,7 @@ def flops_per_frame(name: str, size: int) -> float:
     """FLOPs of one generation step at batch 1 (UNet + decoder), counted on meta tensors."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    generator = Generator(meta_model(name))
+    generator = GenerationStep(meta_model(name))
     z, noise, prompts = step_inputs(1, size, torch.device("meta"))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         generator(z, noise, prompts)
@@ -474,7 +474,7 @@ def decode_step(run: Run, model: str, dtype: str, size: int, batch: int, mode: s
     net = run.models.get(model, device.torch, resolve_dtype(dtype))
     if (model, size) not in run.flops:
         run.flops[(model, size)] = flops_per_frame(model, size)
-    generator = Generator(net).eval()
+    generator = GenerationStep(net).eval()
     inputs = step_inputs(batch, size, device.torch)
     extra = {}
     with torch.inference_mode():
@@ -515,7 +515,7 @@ class DeviceTimestep:
         return self._model.denoise(noisy, prompts, self._timestep)
 
 
-def host_sync(generator: Generator, inputs) -> str | None:
+def host_sync(generator: GenerationStep, inputs) -> str | None:
     """The first host synchronisation in one step (which breaks CUDA-graph capture), or None."""
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -528,12 +528,12 @@ def host_sync(generator: Generator, inputs) -> str | None:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def graph_step(run: Run, generator: Generator, inputs):
+def graph_step(run: Run, generator: GenerationStep, inputs):
     """The step captured once in a torch.cuda.CUDAGraph; returns (replay, facts about the capture)."""
     eager_latents, eager_images = generator(*inputs)
     facts = {"host_sync_in_step": host_sync(generator, inputs)}
     if facts["host_sync_in_step"]:
-        generator = Generator(DeviceTimestep(generator.model, generator.constants.timestep), generator.constants)
+        generator = GenerationStep(DeviceTimestep(generator.model, generator.constants.timestep), generator.constants)
         still = host_sync(generator, inputs)
         if still:
             raise Skip(f"the step synchronises with the host even with the timestep on the device: {still}")
@@ -561,7 +561,7 @@ def graph_step(run: Run, generator: Generator, inputs):
     return replay, facts
 
 
-def compiled_step(run: Run, generator: Generator, inputs):
+def compiled_step(run: Run, generator: GenerationStep, inputs):
     """The step through torch.compile (inductor, default mode); the first call's time is compile_s."""
     torch._dynamo.reset()  # a fresh cache per shape: compile time is this row's, not a recompile limit
     compiled = torch.compile(generator)
@@ -599,7 +599,7 @@ def fit_check(run: Run, name: str, dtype: str) -> dict:
     device, a = run.device, run.args
     run.check_dtype(dtype)
     model = run.models.get(name, device.torch, resolve_dtype(dtype))
-    generator = Generator(model)
+    generator = GenerationStep(model)
     frames = synthetic_frames(a.frames + 1, a.encode_size)  # frame 0 is the previous keyframe's
     targets = torch.from_numpy(frames[1:]).to(device.torch).permute(0, 3, 1, 2).float() / 255  # (K, 3, S, S)
     with torch.no_grad():

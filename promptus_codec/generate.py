@@ -5,9 +5,9 @@
     prompts (B, m, n) ───────> denoiser(noisy, prompts, timestep) = out           (B, C, h, w)
                                x0 = DDPM(noisy, out, alpha_cumprod)              (B, C, h, w) float32
                                decoder(x0) = images                              (B, 3, fH, fW) in [0, 1]
-    next interval's z_prev = x0 of the batch's last frame (Generator.last_latent)
+    next interval's z_prev = x0 of the batch's last frame (GenerationStep.last_latent)
 
-The encoder differentiates through :class:`Generator`, the torch decoder runs it, and the ONNX
+The encoder differentiates through :class:`GenerationStep`, the torch decoder runs it, and the ONNX
 and TensorRT runtimes run its export, so every path shares this arithmetic. ``forward`` has no
 data-dependent Python branches; the constants are Python floats (float32 constants once exported).
 
@@ -76,7 +76,7 @@ def initial_noise_tensor(
     return torch.from_numpy(noise).to(device=device, dtype=dtype)
 
 
-class Generator(torch.nn.Module):
+class GenerationStep(torch.nn.Module):
     """One generation step for a batch of prompts that share one noisy latent.
 
     ``model`` is any :class:`~promptus_codec.models.base.GenerationModel`; ``constants`` are

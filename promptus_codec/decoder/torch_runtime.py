@@ -1,4 +1,4 @@
-"""The PyTorch runtime: :class:`promptus_codec.generate.Generator` behind the driver's numpy API."""
+"""The PyTorch runtime: :class:`promptus_codec.generate.GenerationStep` behind the driver's numpy API."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from promptus_codec.container.records import GenerationConstants, ModelIdentity
-from promptus_codec.generate import Generator
+from promptus_codec.generate import GenerationStep
 from promptus_codec.models.base import GenerationModel
 
 
@@ -15,7 +15,7 @@ class TorchRuntime:
 
     def __init__(self, model: GenerationModel, constants: GenerationConstants):
         self.model = model
-        self.generator = Generator(model, constants)
+        self.generator = GenerationStep(model, constants)
         self.name = f"torch-{model.device.type}"
 
     def identity(self) -> ModelIdentity:

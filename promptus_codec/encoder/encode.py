@@ -4,7 +4,7 @@
             scene starts --model.encode_image--> scene latents
             scenes + shapes --ratecontrol.plan_rate--> interval K, rank per keyframe
     pass 2  for each keyframe k (frames streamed again, one interval held at a time):
-              fit U, V through generate.Generator (encoder/fit.py)
+              fit U, V through generate.GenerationStep (encoder/fit.py)
               write the Keyframe record  ──>  OUT.prx.partial
               decode it exactly as a decoder will (decoder.driver.decode_interval)
               ├─> ReconThumbnail record (luma fingerprint of the keyframe, for decode --verify)

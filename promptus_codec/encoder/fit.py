@@ -1,11 +1,11 @@
 """Prompt fitting: find one keyframe's factors U (m, r), V (r, n) by gradient descent.
 
-The loss runs through :class:`promptus_codec.generate.Generator`, the same module every
+The loss runs through :class:`promptus_codec.generate.GenerationStep`, the same module every
 decoder runs, on the factors *as they will be stored*: an 8-bit fake quantiser with a
 straight-through gradient sits between the trainable floats and the generator.
 
     u, v (float, trainable) --fake_quant--> û, v̂ --interpolate from the previous keyframe's
-    stored factors--> prompts (B, m, n) --Generator(z_prev, N0)--> images (B, 3, H, W)
+    stored factors--> prompts (B, m, n) --GenerationStep(z_prev, N0)--> images (B, 3, H, W)
     --> loss = α·MSE + (1-α)·LPIPS + λ·mean|c| (+ β·temporal) against the interval's frames
 
 A scene's first keyframe is fitted alone, from the scene latent. Every later keyframe is
@@ -99,7 +99,7 @@ def fit_keyframe(
     perceptual: PerceptualLoss,
     on_step=None,
 ) -> FitResult:
-    """Fit keyframe ``task.frame_index`` through ``generator`` (promptus_codec.generate.Generator).
+    """Fit keyframe ``task.frame_index`` through ``generator`` (promptus_codec.generate.GenerationStep).
 
     ``on_step(step, loss, best_loss)`` hears every iteration.
     """

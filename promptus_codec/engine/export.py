@@ -1,4 +1,4 @@
-"""Export :class:`promptus_codec.generate.Generator` to ONNX: one graph, fixed batch and size.
+"""Export :class:`promptus_codec.generate.GenerationStep` to ONNX: one graph, fixed batch and size.
 
     z_prev (1, C, h, w) ─┐
     noise  (1, C, h, w) ─┼─ noise mix -> UNet step -> x0 -> latent decoder ─┬─> latents (B, C, h, w)
@@ -79,11 +79,11 @@ def export_graph(model: "GenerationModel", batch: int, width: int, height: int,
     """
     torch = require("torch", "torch")
     require("onnxscript", "export")
-    from promptus_codec.generate import Generator
+    from promptus_codec.generate import GenerationStep
 
     constants = constants if constants is not None else model.spec.generation
     key = graph_key(model, batch, width, height, constants, opset)
-    generator = Generator(model, constants).eval()
+    generator = GenerationStep(model, constants).eval()
     inputs = tuple(torch.from_numpy(a) for a in example_inputs(model, batch, width, height))
     directory = Path(engine_dir() if directory is None else directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,11 +109,11 @@ def compare_with_torch(exported: Exported, model: "GenerationModel", constants: 
     import torch
 
     from promptus_codec.decoder.onnx_runtime import OnnxRuntime
-    from promptus_codec.generate import Generator
+    from promptus_codec.generate import GenerationStep
 
     key = exported.key
     inputs = example_inputs(model, key.batch, key.width, key.height, seed)
-    generator = Generator(model, constants if constants is not None else model.spec.generation).eval()
+    generator = GenerationStep(model, constants if constants is not None else model.spec.generation).eval()
     with torch.inference_mode():
         expected = [t.float().numpy() for t in generator(*(torch.from_numpy(a) for a in inputs))]
     got = OnnxRuntime({key.batch: exported.path}, device="cpu").generate(*inputs)

@@ -77,15 +77,18 @@ def fingerprint_file(path: str | os.PathLike, prefixes: Iterable[str] = ("",), s
     return cached_digest(path, tag, compute)
 
 
-def read_safetensors(path: str | os.PathLike, prefix: str = "") -> dict[str, "torch.Tensor"]:
-    """Tensors of a .safetensors file whose names start with ``prefix``, as stored (CPU, disk dtype)."""
+def read_safetensors(path: str | os.PathLike, prefix: str = "", remedy: str = "") -> dict[str, "torch.Tensor"]:
+    """Tensors of a .safetensors file whose names start with ``prefix``, as stored (CPU, disk dtype).
+
+    A file that cannot be read raises ModelError naming it, followed by ``remedy`` ("; download it again").
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             return {name: f.get_tensor(name) for name in f.keys() if name.startswith(prefix)}
     except (OSError, SafetensorError) as exc:
-        raise ModelError(f"cannot read weights {path}: {exc}") from exc
+        raise ModelError(f"cannot read weights {path}: {exc}{remedy}") from exc
 
 
 # ---------------------------------------------------------------------------

@@ -286,14 +286,8 @@ def _load(component: Component, weights: WeightsFile, device, dtype):
 
 def _read(component: Component, weights: WeightsFile) -> dict[str, "torch.Tensor"]:
     """The component's tensors as stored (before any cast), under diffusers names."""
-    from safetensors import SafetensorError, safe_open
-
     prefix = component.ldm_prefix if weights.ldm else ""
-    try:
-        with safe_open(str(weights.path), framework="pt") as f:
-            state = {name: f.get_tensor(name) for name in f.keys() if name.startswith(prefix)}
-    except (OSError, SafetensorError) as exc:
-        raise ModelError(f"cannot read {weights.path}: {exc}; download it again") from exc
+    state = fingerprint.read_safetensors(weights.path, prefix, remedy="; download it again")
     if not weights.ldm:
         return state
     if not state:

@@ -166,13 +166,13 @@ def test_a_spent_budget_skips_everything_with_the_reason(gpu_check, tmp_path, mo
 
 def test_device_timestep_changes_nothing_but_where_the_timestep_lives(gpu_check):
     """The CUDA-graph path hands the UNet its timestep as a tensor; the output must not change."""
-    from promptus_codec.generate import Generator
+    from promptus_codec.generate import GenerationStep
     from promptus_codec.models.tiny import load_tiny
 
     model = load_tiny(device="cpu", dtype="fp32")
     inputs = gpu_check.step_inputs(2, 64, torch.device("cpu"))
-    plain = Generator(model)
-    staged = Generator(gpu_check.DeviceTimestep(model, plain.constants.timestep), plain.constants)
+    plain = GenerationStep(model)
+    staged = GenerationStep(gpu_check.DeviceTimestep(model, plain.constants.timestep), plain.constants)
     with torch.inference_mode():
         for a, b in zip(plain(*inputs), staged(*inputs)):
             assert torch.equal(a, b)

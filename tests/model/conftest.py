@@ -27,9 +27,9 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_model):
-    from promptus_codec.generate import Generator
+    from promptus_codec.generate import GenerationStep
 
-    return Generator(tiny_model).eval()
+    return GenerationStep(tiny_model).eval()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from promptus_codec.container.records import (
 )
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.options import FitConfig
-from promptus_codec.generate import Generator, initial_noise_tensor
+from promptus_codec.generate import GenerationStep, initial_noise_tensor
 
 from .streams import write_clip
 
@@ -50,7 +50,7 @@ def clip(tmp_path_factory):
 
 def test_fitting_loss_falls(tiny_model):
     """Fitting one keyframe alone from a scene latent: the loss ends far below its start."""
-    generator = Generator(tiny_model)
+    generator = GenerationStep(tiny_model)
     rng = np.random.default_rng(3)
     target = torch.from_numpy(rng.uniform(0.2, 0.8, (1, 3, 64, 64)).astype(np.float32))
     z_prev = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))

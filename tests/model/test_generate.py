@@ -1,4 +1,4 @@
-"""promptus_codec.generate: the step math, and the Generator on the tiny model."""
+"""promptus_codec.generate: the step math, and the GenerationStep on the tiny model."""
 
 import math
 
@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from promptus_codec.container.records import GenerationConstants, PredictionType  # noqa: E402
 from promptus_codec.generate import (  # noqa: E402
-    Generator,
+    GenerationStep,
     initial_noise_tensor,
     noisy_latent,
     x0_from_prediction,
@@ -118,7 +118,7 @@ def test_initial_noise_tensor():
 
 
 # ---------------------------------------------------------------------------
-# Generator on the tiny model
+# GenerationStep on the tiny model
 # ---------------------------------------------------------------------------
 
 
@@ -182,7 +182,7 @@ def test_batch_shares_one_noisy_latent(tiny_model):
         decode_latent = staticmethod(tiny_model.decode_latent)
 
     with torch.no_grad():
-        Generator(Spy()).latents(*_inputs(batch=4))
+        GenerationStep(Spy()).latents(*_inputs(batch=4))
     assert seen == [(0, 999)]  # expanded, not copied; the stream's timestep
 
 
@@ -193,7 +193,7 @@ def test_last_latent_is_the_next_z_prev(tiny_model, tiny_generator):
         alone = tiny_generator.latents(z_prev, noise, prompts[-1:])
         noisy = noisy_latent(z_prev, noise, CONSTANTS)
         _, atol = batch_atols(tiny_model, noisy, tiny_model.denoise(noisy.expand(3, -1, -1, -1), prompts, 999))
-    last = Generator.last_latent(latents)
+    last = GenerationStep.last_latent(latents)
     assert last.shape == (1, 4, 8, 8)
     torch.testing.assert_close(last, alone, rtol=0, atol=atol)  # batched against alone: see batch_atols
 

@@ -1,4 +1,4 @@
-"""Generator exports to ONNX (dynamic batch and size) and ONNX Runtime agrees with torch."""
+"""GenerationStep exports to ONNX (dynamic batch and size) and ONNX Runtime agrees with torch."""
 
 import numpy as np
 import pytest

@@ -99,7 +99,7 @@ def test_mini_autoencoder_reconstructs_and_its_prompt_path_runs():
     The generation step itself is not yet held to a quality bar: the shipped checkpoint's UNet
     is undertrained (README, "The mini model").
     """
-    from promptus_codec.generate import Generator, initial_noise_tensor
+    from promptus_codec.generate import GenerationStep, initial_noise_tensor
     from promptus_codec.prompt import compose, dequantize, quant_params, quantize
 
     model = load_model("mini", device="cpu", dtype="fp32")
@@ -114,7 +114,7 @@ def test_mini_autoencoder_reconstructs_and_its_prompt_path_runs():
             scale, zp = quant_params(x.min(), x.max())
             stored.append(dequantize(quantize(x, scale, zp), scale, zp))
         prompt = torch.from_numpy(compose(*stored))[None]  # (1, 77, 1024)
-        generator = Generator(model)
+        generator = GenerationStep(model)
         latents, image = generator(z_prev, initial_noise_tensor(generator.constants, tuple(z_prev.shape[1:])), prompt)
     flat = torch.mean((frame.mean((2, 3), keepdim=True) - frame) ** 2).item()  # best flat colour per channel
     mse = torch.mean((autoencoded - frame) ** 2).item()

@@ -31,7 +31,7 @@ from promptus_codec.engine.cache import find_graphs  # noqa: E402
 from promptus_codec.engine.export import example_inputs  # noqa: E402
 from promptus_codec.engine.keys import GraphKey  # noqa: E402
 from promptus_codec.errors import ModelError  # noqa: E402
-from promptus_codec.generate import Generator  # noqa: E402
+from promptus_codec.generate import GenerationStep  # noqa: E402
 
 from onnx_case import GRAPH_BATCH, LAYOUT, MAX_LEVELS, MIN_PSNR_DB, SIZE  # noqa: E402
 from tolerances import generation_atols  # noqa: E402  (tests/ is on sys.path)
@@ -72,7 +72,7 @@ def test_graph_matches_torch(graph_dir, tiny_model, frames):
     runtime = OnnxRuntime(graph(graph_dir, tiny_model), device="cpu")
     z_prev, noise, prompts = example_inputs(tiny_model, frames, *SIZE, seed=frames)
     with torch.inference_mode():
-        latents, images = Generator(tiny_model).eval()(*map(torch.from_numpy, (z_prev, noise, prompts)))
+        latents, images = GenerationStep(tiny_model).eval()(*map(torch.from_numpy, (z_prev, noise, prompts)))
     onnx_latents, onnx_images = runtime.generate(z_prev, noise, prompts)
     assert onnx_images.shape == (frames, 3, SIZE[1], SIZE[0])
     # two float32 implementations of one step (MLAS against MKL/oneDNN): tolerances.generation_atols
@@ -176,7 +176,7 @@ def test_export_in_a_subprocess(tmp_path, tiny_model):
     inputs = example_inputs(model, 1, 64, 64, 1)
     onnx_latents, _ = OnnxRuntime({1: path}, device="cpu").generate(*inputs)
     with torch.inference_mode():
-        latents, images = Generator(model).eval()(*map(torch.from_numpy, inputs))
+        latents, images = GenerationStep(model).eval()(*map(torch.from_numpy, inputs))
         propagated = np.abs(model.decode_latent(torch.from_numpy(onnx_latents)).numpy() - images.numpy()).max()
     latent_atol, image_atol = generation_atols(model, model.spec.generation, *inputs)
     printed = 1 + 0.5e-2  # the CLI prints 3 significant digits: half a unit of the last one
