@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from promptus_codec.container import schema
-from promptus_codec.container.codec import HEADER_BODY_V1_SIZE
-from promptus_codec.container.records import LATENT_DTYPES, LatentFormat
+from promptus_codec.container.records import LatentFormat, RecordType
 from promptus_codec.errors import RateControlError
 
-FRAMING = schema.RECORD_FRAMING_SIZE
+FRAMING = schema.RECORD_FRAMING_SIZE  # what a record adds around its payload (Padding, ReconThumbnail)
 
 
 @dataclass(frozen=True)
@@ -68,11 +67,17 @@ def keyframe_count(layout: StreamLayout, interval: int) -> int:
 
 
 def header_bytes(model_name: str) -> int:
-    return schema.header_preamble.sizeof() + HEADER_BODY_V1_SIZE + len(model_name.encode("utf-8")) + 4
+    return schema.header_size(model_name)
 
 
 def keyframe_record_bytes(layout: StreamLayout, rank: int) -> int:
-    return FRAMING + schema.KEYFRAME_FIXED_SIZE + rank * sum(layout.prompt_shape)
+    m, n = layout.prompt_shape
+    return schema.record_size(RecordType.KEYFRAME, rank=rank, prompt_tokens=m, prompt_dim=n)
+
+
+def rank_step_bytes(layout: StreamLayout) -> int:
+    """Bytes one more rank adds to a keyframe (a row of U and a column of V)."""
+    return keyframe_record_bytes(layout, 1) - keyframe_record_bytes(layout, 0)
 
 
 def fixed_bytes(layout: StreamLayout, interval: int) -> int:
@@ -81,12 +86,14 @@ def fixed_bytes(layout: StreamLayout, interval: int) -> int:
     scenes = len(layout.scene_lengths)
     keyframes = keyframe_count(layout, interval)
     total = header_bytes(layout.model_name)
-    total += scenes * (FRAMING + schema.SCENE_FIXED_SIZE + c * h * w * LATENT_DTYPES[layout.latent_format].itemsize)
-    total += keyframes * (FRAMING + schema.KEYFRAME_FIXED_SIZE)
+    total += scenes * schema.record_size(RecordType.SCENE, latent_format=layout.latent_format, latent_elements=c * h * w)
+    total += keyframes * keyframe_record_bytes(layout, 0)
     if layout.settings_bytes:
-        total += FRAMING + layout.settings_bytes
-    if layout.quality_records:
-        total += keyframes * (FRAMING + schema.QUALITY_FIXED_SIZE) + layout.frame_count * schema.QUALITY_PER_FRAME
+        total += schema.record_size(RecordType.ENCODER_SETTINGS, json_length=layout.settings_bytes)
+    if layout.quality_records:  # one per keyframe; between them they hold one entry per frame
+        empty = schema.record_size(RecordType.QUALITY, frame_count=0)
+        per_frame = schema.record_size(RecordType.QUALITY, frame_count=1) - empty
+        total += keyframes * empty + layout.frame_count * per_frame
     if layout.thumbnail_payload:
         total += keyframes * (FRAMING + layout.thumbnail_payload)
     return total + tail_bytes(scenes)
@@ -94,7 +101,7 @@ def fixed_bytes(layout: StreamLayout, interval: int) -> int:
 
 def tail_bytes(scene_count: int) -> int:
     """The SeekIndex and End records that close every stream."""
-    return FRAMING + 4 + scene_count * schema.SEEK_ENTRY_SIZE + FRAMING + schema.END_PAYLOAD_SIZE
+    return schema.record_size(RecordType.SEEK_INDEX, entry_count=scene_count) + schema.record_size(RecordType.END)
 
 
 @dataclass
@@ -123,7 +130,7 @@ class RatePlan:
 
 def stream_bytes(layout: StreamLayout, interval: int, ranks: list[int], padding_bytes: int = -1) -> int:
     """Exact file size for this layout and choice."""
-    factors = sum(ranks) * sum(layout.prompt_shape)
+    factors = sum(ranks) * rank_step_bytes(layout)
     padding = FRAMING + padding_bytes if padding_bytes >= 0 else 0
     return fixed_bytes(layout, interval) + factors + padding
 
@@ -136,7 +143,7 @@ def _spread(count: int, extra: int) -> list[int]:
 def _uniform_rank(layout: StreamLayout, interval: int, budget: int) -> int:
     """Largest rank r for which every keyframe at rank r fits ``budget`` bytes (0 if none)."""
     spare = budget - fixed_bytes(layout, interval)
-    per_rank = keyframe_count(layout, interval) * sum(layout.prompt_shape)
+    per_rank = keyframe_count(layout, interval) * rank_step_bytes(layout)
     return max(0, min(layout.max_rank, spare // per_rank))
 
 
@@ -203,7 +210,7 @@ def plan_rate(
     ranks = [r] * count
     if rank is None and r < layout.max_rank:
         spare = budget - stream_bytes(layout, k, ranks)
-        extra = min(count, spare // sum(layout.prompt_shape))
+        extra = min(count, spare // rank_step_bytes(layout))
         ranks = [r + step for r, step in zip(ranks, _spread(count, extra))]
     padding = budget - stream_bytes(layout, k, ranks) - FRAMING
     padding = padding if padding >= 0 else -1

@@ -1,43 +1,46 @@
 """Records <-> bytes, and the value checks of format_spec.md §7.
 
-The byte layout is in :mod:`.schema`; this module maps it onto the dataclasses of
-:mod:`.records` and refuses forbidden values. Lengths are checked against what the header
-allows *before* a payload is parsed, so a hostile count cannot make us allocate.
+The byte layout is in :mod:`.schema`, the records are the dataclasses of :mod:`.records`,
+and the two meet by the spec's field names: :func:`to_fields` and :func:`from_fields` walk
+``dataclasses.fields()``, so a field declared in a struct and in its dataclass needs no code
+here. What each record type adds -- its arrays and its checks -- is one row of
+:data:`RECORDS`. Lengths are checked against what the header allows *before* a payload is
+parsed, so a hostile count cannot make us allocate.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
+import typing
 import zlib
+from dataclasses import MISSING, fields, is_dataclass
 from fractions import Fraction
+from functools import cache
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from promptus_codec.container import schema
 from promptus_codec.container.records import (
+    INLINE,
     LATENT_DTYPES,
+    RECORD_CLASSES,
+    RECORD_NAMES,
+    SPEC_NAME,
     EncoderSettingsRecord,
     EndRecord,
     FileHeader,
-    FitMode,
-    GenerationConstants,
     KeyframeRecord,
     LatentFormat,
     PaddingRecord,
-    ModelIdentity,
-    NoiseGenerator,
-    PredictionType,
     QualityRecord,
-    QuantScheme,
     ReconThumbnailRecord,
     Record,
     RecordType,
-    Rect,
     SceneRecord,
-    SeekEntry,
     SeekIndexRecord,
-    SourceGeometry,
     UnknownAncillaryRecord,
     is_ancillary,
 )
@@ -48,7 +51,8 @@ from promptus_codec.errors import (
     UnsupportedVersionError,
 )
 
-HEADER_BODY_V1_SIZE = 164  # header_body with an empty model_name (spec §3.2); asserted in tests
+HEADER_BODY_V1_SIZE = schema.HEADER_BODY_V1_SIZE  # kept for conformance/make_vectors.py
+HEADER_OFFSET = schema.header_preamble.sizeof()  # where the header body starts: its errors point here
 
 
 def crc32(data: bytes) -> int:
@@ -70,6 +74,128 @@ def _enum(enum_type, value: int, field: str, offset: int | None):
 
 def _is_f32_in(value: float, low: float, high: float) -> bool:
     return math.isfinite(value) and low <= value <= high
+
+
+# ---------------------------------------------------------------------------
+# Dataclasses <-> the spec's field values, by dataclasses.fields()
+# ---------------------------------------------------------------------------
+
+
+@cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _spec_name(f) -> str:
+    return f.metadata.get(SPEC_NAME, f.name)
+
+
+def spec_names(cls) -> set[str]:
+    """The spec names that :func:`to_fields` gives for dataclass ``cls``."""
+    names = set()
+    for f in fields(cls):
+        if f.metadata.get(INLINE):
+            names |= spec_names(_hints(cls)[f.name])
+        elif _hints(cls)[f.name] is Fraction:
+            names |= {f"{_spec_name(f)}_num", f"{_spec_name(f)}_den"}
+        else:
+            names.add(_spec_name(f))
+    return names
+
+
+def _plain(value):
+    if isinstance(value, enum.IntEnum):
+        return int(value)
+    if is_dataclass(value):
+        return to_fields(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_fields(obj) -> dict:
+    """A dataclass's values under the spec's names, ready for construct.
+
+    Groups marked ``INLINE`` (the header's geometry, generation constants, model) are
+    flattened; a Fraction ``x`` becomes ``x_num`` and ``x_den``; enums become their ids;
+    nested dataclasses become dicts and tuples lists. Arrays stay as they are.
+    """
+    values = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get(INLINE):
+            values.update(to_fields(value))
+        elif _hints(type(obj))[f.name] is Fraction:
+            values[f"{_spec_name(f)}_num"], values[f"{_spec_name(f)}_den"] = value.numerator, value.denominator
+        else:
+            values[_spec_name(f)] = _plain(value)
+    return values
+
+
+def _fraction(name: str, numerator: int, denominator: int, offset: int | None) -> Fraction:
+    if denominator == 0:
+        raise ForbiddenValueError(f"{name}_den is 0", offset)
+    value = Fraction(numerator, denominator)
+    if (value.numerator, value.denominator) != (numerator, denominator):
+        raise ForbiddenValueError(f"{name.replace('_', ' ')} must be stored in lowest terms", offset)
+    return value
+
+
+def _value(hint, value, name: str, offset: int | None, convert):
+    if convert is not None:
+        value = convert(hint, value)
+    if isinstance(hint, type) and issubclass(hint, enum.IntEnum):
+        return _enum(hint, value, name, offset)
+    if is_dataclass(hint):
+        return from_fields(hint, value, offset, convert)
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(_value(item, v, name, offset, convert) for v in value)
+    return value
+
+
+def from_fields(cls, values: typing.Mapping, offset: int | None = None, convert: Callable | None = None):
+    """The inverse of :func:`to_fields`: build ``cls`` from values under the spec's names.
+
+    An undefined enum id or a frame rate that is not in lowest terms raises
+    ForbiddenValueError at ``offset``. ``convert(type_hint, value)``, when given, turns each
+    value into the field's type first (the JSON form's hex strings).
+    """
+    hints = _hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        hint, name = hints[f.name], _spec_name(f)
+        if f.metadata.get(INLINE):
+            kwargs[f.name] = from_fields(hint, values, offset, convert)
+        elif hint is Fraction:
+            kwargs[f.name] = _fraction(name, values[f"{name}_num"], values[f"{name}_den"], offset)
+        elif name in values:
+            kwargs[f.name] = _value(hint, values[name], name, offset, convert)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise KeyError(name)
+    return cls(**kwargs)
+
+
+def record_fields(record: Record) -> dict:
+    """A record's values under the spec's names, in payload order, counts included."""
+    values = to_fields(record)
+    if isinstance(record, UnknownAncillaryRecord) or record.record_type not in schema.PAYLOADS:
+        return values
+    whole = schema.PAYLOADS[record.record_type][1]
+    return {name: values[name] if name in values else _plain(getattr(record, name)) for name in schema.field_names(whole)}
+
+
+def header_params(header: FileHeader) -> dict:
+    """The header's numbers that size record arrays (schema.py's context parameters)."""
+    c, h, w = header.latent_shape
+    return dict(prompt_tokens=header.prompt_tokens, prompt_dim=header.prompt_dim, latent_elements=c * h * w)
+
+
+def header_fields(header: FileHeader) -> dict:
+    """The header's values under the spec's names, in file order (§3.1 preamble, then the body)."""
+    values = to_fields(header)
+    names = schema.field_names(schema.header_preamble) + schema.field_names(schema.header_body)
+    return {name: values[name] for name in names}
 
 
 # ---------------------------------------------------------------------------
@@ -121,42 +247,9 @@ def header_to_bytes(h: FileHeader) -> bytes:
     check_header(h)
     _forbid(h.flags != 0, f"flags {h.flags:#06x}: version 1.0 defines no flags; writers MUST write 0")
     _forbid(h.minor_version != schema.MINOR_VERSION, f"this writer writes only the 1.{schema.MINOR_VERSION} header body")
-    g, c, m = h.geometry, h.generation, h.model
-    body = schema.build(
-        schema.header_body,
-        dict(
-            coded_width=h.coded_width,
-            coded_height=h.coded_height,
-            source_width=g.source_width,
-            source_height=g.source_height,
-            fit_mode=int(g.fit_mode),
-            source_rect=vars(g.source_rect),
-            coded_rect=vars(g.coded_rect),
-            frame_rate_num=h.frame_rate.numerator,
-            frame_rate_den=h.frame_rate.denominator,
-            frame_count=h.frame_count,
-            prompt_tokens=h.prompt_tokens,
-            prompt_dim=h.prompt_dim,
-            latent_channels=h.latent_channels,
-            latent_height=h.latent_height,
-            latent_width=h.latent_width,
-            noise_seed=c.noise_seed,
-            noise_generator=int(c.noise_generator),
-            prediction_type=int(c.prediction_type),
-            timestep=c.timestep,
-            latent_weight=c.latent_weight,
-            noise_weight=c.noise_weight,
-            alpha_cumprod=c.alpha_cumprod,
-            denoiser_sha256=m.denoiser_sha256,
-            decoder_sha256=m.decoder_sha256,
-            encoder_sha256=m.encoder_sha256,
-            model_name=m.name,
-        ),
-    )
-    preamble = schema.build(
-        schema.header_preamble,
-        dict(major_version=h.major_version, minor_version=h.minor_version, flags=h.flags, header_length=len(body)),
-    )
+    values = to_fields(h)
+    body = schema.build(schema.header_body, values)
+    preamble = schema.build(schema.header_preamble, {**values, "header_length": len(body)})
     return preamble + body + schema.build(schema.crc32_field, dict(crc32=crc32(preamble + body)))
 
 
@@ -168,58 +261,15 @@ def check_preamble(preamble) -> None:
             f"(this reader implements {schema.MAJOR_VERSION})",
             0,
         )
-    if not HEADER_BODY_V1_SIZE < preamble.header_length <= schema.MAX_HEADER_BODY:
+    if not schema.HEADER_BODY_V1_SIZE < preamble.header_length <= schema.MAX_HEADER_BODY:
         raise LengthError(f"header_length {preamble.header_length} is impossible", 12)
 
 
 def header_from_parts(preamble, body: bytes) -> FileHeader:
     """Build the FileHeader from a checked preamble and its CRC-verified body."""
-    name_length = body[HEADER_BODY_V1_SIZE - 1]
-    if HEADER_BODY_V1_SIZE + name_length > len(body):
-        raise LengthError(f"model_name of {name_length} bytes runs past header_length {len(body)}", 16)
-    try:
-        body[HEADER_BODY_V1_SIZE : HEADER_BODY_V1_SIZE + name_length].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ForbiddenValueError("model_name is not valid UTF-8", 16) from None
-    b = schema.parse(schema.header_body, body, schema.header_preamble.sizeof())
-    try:
-        frame_rate = Fraction(b.frame_rate_num, b.frame_rate_den)
-    except ZeroDivisionError:
-        raise ForbiddenValueError("frame_rate_den is 0", 16) from None
-    header = FileHeader(
-        coded_width=b.coded_width,
-        coded_height=b.coded_height,
-        geometry=SourceGeometry(
-            source_width=b.source_width,
-            source_height=b.source_height,
-            fit_mode=_enum(FitMode, b.fit_mode, "fit_mode", 16),
-            source_rect=Rect(b.source_rect.x, b.source_rect.y, b.source_rect.width, b.source_rect.height),
-            coded_rect=Rect(b.coded_rect.x, b.coded_rect.y, b.coded_rect.width, b.coded_rect.height),
-        ),
-        frame_rate=frame_rate,
-        frame_count=b.frame_count,
-        prompt_tokens=b.prompt_tokens,
-        prompt_dim=b.prompt_dim,
-        latent_channels=b.latent_channels,
-        latent_height=b.latent_height,
-        latent_width=b.latent_width,
-        generation=GenerationConstants(
-            noise_seed=b.noise_seed,
-            noise_generator=_enum(NoiseGenerator, b.noise_generator, "noise_generator", 16),
-            latent_weight=b.latent_weight,
-            noise_weight=b.noise_weight,
-            timestep=b.timestep,
-            alpha_cumprod=b.alpha_cumprod,
-            prediction_type=_enum(PredictionType, b.prediction_type, "prediction_type", 16),
-        ),
-        model=ModelIdentity(b.model_name, b.denoiser_sha256, b.decoder_sha256, b.encoder_sha256),
-        flags=preamble.flags,
-        major_version=preamble.major_version,
-        minor_version=preamble.minor_version,
-    )
-    if header.frame_rate.denominator != b.frame_rate_den or header.frame_rate.numerator != b.frame_rate_num:
-        raise ForbiddenValueError("frame rate must be stored in lowest terms", 16)
-    check_header(header, 16)
+    values = schema.parse_header_body(body, HEADER_OFFSET)
+    header = from_fields(FileHeader, {**preamble, **values}, HEADER_OFFSET)
+    check_header(header, HEADER_OFFSET)
     return header
 
 
@@ -236,13 +286,19 @@ def frame_record(record_type: int, payload: bytes) -> bytes:
     return prefix + payload + schema.build(schema.crc32_field, dict(crc32=crc32(prefix + payload)))
 
 
-def scene_payload_size(header: FileHeader, latent_format: LatentFormat) -> int:
-    c, h, w = header.latent_shape
-    return schema.SCENE_FIXED_SIZE + c * h * w * LATENT_DTYPES[latent_format].itemsize
+def recon_thumbnail_payload_size(width: int, height: int) -> int:
+    """Payload bytes of a ReconThumbnail of ``width`` x ``height`` (spec §6.8)."""
+    return schema.payload_size(RecordType.RECON_THUMBNAIL, thumbnail_width=width, thumbnail_height=height)
 
 
-def keyframe_payload_size(header: FileHeader, rank: int) -> int:
-    return schema.KEYFRAME_FIXED_SIZE + rank * (header.prompt_tokens + header.prompt_dim)
+def settings_json(settings: dict) -> bytes:
+    """The canonical EncoderSettings text (spec §6.4): sorted keys, no spaces, ASCII, no NaN."""
+    _forbid(not isinstance(settings, dict), "EncoderSettings must hold a JSON object (a dict)")
+    try:
+        text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ForbiddenValueError(f"EncoderSettings cannot be written as JSON: {exc}") from None
+    return text.encode("utf-8")
 
 
 def _check_dtype(array: np.ndarray, dtype: np.dtype, what: str) -> None:
@@ -285,10 +341,6 @@ def _check_keyframe(r: KeyframeRecord, header: FileHeader, offset: int | None) -
     _forbid(r.u.shape != (m, r.rank) or r.v.shape != (r.rank, n), "factor shapes do not match the header", offset)
 
 
-def recon_thumbnail_payload_size(width: int, height: int) -> int:
-    return schema.RECON_THUMBNAIL_FIXED_SIZE + width * height
-
-
 def _check_recon_thumbnail(width: int, height: int, header: FileHeader, offset: int | None) -> None:
     _forbid(width == 0 or height == 0, f"ReconThumbnail of {width}x{height} is empty", offset)
     _forbid(
@@ -298,92 +350,54 @@ def _check_recon_thumbnail(width: int, height: int, header: FileHeader, offset: 
     )
 
 
-def record_to_bytes(record: Record, header: FileHeader) -> bytes:
-    """A framed record, checked against the header (spec §4, §6)."""
-    if isinstance(record, SceneRecord):
-        _check_dtype(record.latent, LATENT_DTYPES[record.latent_format], "Scene latent")
-        _check_scene(record, header, None)
-        latent = np.ascontiguousarray(record.latent, dtype=LATENT_DTYPES[record.latent_format])
-        payload = schema.build(
-            schema.scene_payload,
-            dict(
-                first_frame=record.first_frame,
-                latent_format=int(record.latent_format),
-                latent_scale=record.latent_scale,
-                latent=latent.tobytes(),
-            ),
-        )
-    elif isinstance(record, KeyframeRecord):
-        _check_dtype(record.u, np.dtype("i1"), "Keyframe u")
-        _check_dtype(record.v, np.dtype("i1"), "Keyframe v")
-        _check_keyframe(record, header, None)
-        payload = schema.build(
-            schema.keyframe_payload,
-            dict(
-                frame_index=record.frame_index,
-                rank=record.rank,
-                quant_scheme=int(record.quant_scheme),
-                u_scale=record.u_scale,
-                u_zero_point=record.u_zero_point,
-                v_scale=record.v_scale,
-                v_zero_point=record.v_zero_point,
-                u=np.ascontiguousarray(record.u, dtype=np.int8).tobytes(),
-                v=np.ascontiguousarray(record.v, dtype=np.int8).tobytes(),
-            ),
-            prompt_tokens=header.prompt_tokens,
-            prompt_dim=header.prompt_dim,
-        )
-    elif isinstance(record, EndRecord):
-        payload = schema.build(schema.end_payload, vars(record))
-    elif isinstance(record, EncoderSettingsRecord):
-        _forbid(not isinstance(record.settings, dict), "EncoderSettings must hold a JSON object (a dict)")
-        try:
-            text = json.dumps(record.settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ForbiddenValueError(f"EncoderSettings cannot be written as JSON: {exc}") from None
-        payload = schema.build(schema.encoder_settings_payload, dict(settings_json=text.encode("utf-8")))
-    elif isinstance(record, SeekIndexRecord):
-        payload = schema.build(
-            schema.seek_index_payload,
-            dict(entry_count=len(record.entries), entries=[vars(e) for e in record.entries]),
-        )
-    elif isinstance(record, QualityRecord):
-        if len(record.psnr_db) != len(record.loss):
-            raise LengthError("quality record: psnr_db and loss differ in length")
-        payload = schema.build(
-            schema.quality_payload,
-            dict(first_frame=record.first_frame, frame_count=len(record.psnr_db), psnr_db=record.psnr_db, loss=record.loss),
-        )
-    elif isinstance(record, ReconThumbnailRecord):
-        _check_dtype(record.luma, np.dtype("u1"), "ReconThumbnail luma")
-        _forbid(record.luma.ndim != 2, f"ReconThumbnail luma must be (height, width), not {record.luma.shape}")
-        height, width = record.luma.shape
-        _check_recon_thumbnail(width, height, header, None)
-        payload = schema.build(
-            schema.recon_thumbnail_payload,
-            dict(
-                frame_index=record.frame_index,
-                thumbnail_width=width,
-                thumbnail_height=height,
-                luma=np.ascontiguousarray(record.luma).tobytes(),
-            ),
-        )
-    elif isinstance(record, PaddingRecord):
-        if not 0 <= record.size <= schema.MAX_RECORD_LENGTH:
-            raise LengthError(f"Padding of {record.size} bytes is outside 0..{schema.MAX_RECORD_LENGTH}")
-        payload = bytes(record.size)
-    elif isinstance(record, UnknownAncillaryRecord):
-        _forbid(
-            not is_ancillary(record.record_type) or record.record_type in KNOWN_TYPES,
-            f"record type 0x{record.record_type:04x} is not an unknown ancillary type",
-        )
-        payload = record.payload
-    else:
-        raise TypeError(f"not a record: {record!r}")
-    return frame_record(record.record_type, payload)
+# Each record type's own part, both ways. *_values: a checked record -> the values its
+# payload struct builds from; *_record: a parsed payload (length already checked) -> the
+# checked record; *_counts: the fixed fields that size the arrays, or None for any length.
 
 
-KNOWN_TYPES = frozenset(int(t) for t in RecordType)
+def _scene_counts(fixed, header: FileHeader, offset: int | None) -> dict:
+    fmt = _enum(LatentFormat, fixed.latent_format, "latent_format", offset)
+    return dict(latent_format=fmt, latent_elements=header_params(header)["latent_elements"])
+
+
+def _scene_values(r: SceneRecord, header: FileHeader) -> dict:
+    _check_dtype(r.latent, LATENT_DTYPES[r.latent_format], "Scene latent")
+    _check_scene(r, header, None)
+    return {**record_fields(r), "latent": np.ascontiguousarray(r.latent, dtype=LATENT_DTYPES[r.latent_format]).tobytes()}
+
+
+def _scene_record(p, header: FileHeader, offset: int | None) -> SceneRecord:
+    fmt = _enum(LatentFormat, p.latent_format, "latent_format", offset)
+    latent = np.frombuffer(p.latent, dtype=LATENT_DTYPES[fmt]).reshape(header.latent_shape)  # (C, H, W)
+    record = from_fields(SceneRecord, {**p, "latent": latent}, offset)
+    _check_scene(record, header, offset)
+    return record
+
+
+def _keyframe_counts(fixed, header: FileHeader, offset: int | None) -> dict:
+    _forbid(fixed.rank == 0, "keyframe rank 0 is forbidden", offset)
+    return dict(rank=fixed.rank, prompt_tokens=header.prompt_tokens, prompt_dim=header.prompt_dim)
+
+
+def _keyframe_values(r: KeyframeRecord, header: FileHeader) -> dict:
+    _check_dtype(r.u, np.dtype("i1"), "Keyframe u")
+    _check_dtype(r.v, np.dtype("i1"), "Keyframe v")
+    _check_keyframe(r, header, None)
+    u, v = (np.ascontiguousarray(a, dtype=np.int8).tobytes() for a in (r.u, r.v))
+    return {**record_fields(r), "u": u, "v": v}
+
+
+def _keyframe_record(p, header: FileHeader, offset: int | None) -> KeyframeRecord:
+    m, n = header.prompt_shape
+    u = np.frombuffer(p.u, dtype=np.int8).reshape(m, p.rank)  # (m, r)
+    v = np.frombuffer(p.v, dtype=np.int8).reshape(p.rank, n)  # (r, n)
+    record = from_fields(KeyframeRecord, {**p, "u": u, "v": v}, offset)
+    _check_keyframe(record, header, offset)
+    return record
+
+
+def _settings_values(r: EncoderSettingsRecord, header: FileHeader) -> dict:
+    return {**record_fields(r), "settings_json": settings_json(r.settings)}
 
 
 def _refuse_constant(name: str):
@@ -397,6 +411,96 @@ def _unique_keys(pairs: list) -> dict:
     return dict(pairs)
 
 
+def _settings_record(p, header: FileHeader, offset: int | None) -> EncoderSettingsRecord:
+    try:
+        text = p.settings_json.decode("utf-8")
+        settings = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ForbiddenValueError("EncoderSettings is not strict UTF-8 JSON", offset) from None
+    _forbid(not isinstance(settings, dict), "EncoderSettings must hold a JSON object", offset)
+    return from_fields(EncoderSettingsRecord, {**p, "settings_json": settings}, offset)
+
+
+def _quality_values(r: QualityRecord, header: FileHeader) -> dict:
+    if len(r.psnr_db) != len(r.loss):
+        raise LengthError("quality record: psnr_db and loss differ in length")
+    return record_fields(r)
+
+
+def _thumbnail_counts(fixed, header: FileHeader, offset: int | None) -> dict:
+    return dict(thumbnail_width=fixed.thumbnail_width, thumbnail_height=fixed.thumbnail_height)
+
+
+def _thumbnail_values(r: ReconThumbnailRecord, header: FileHeader) -> dict:
+    _check_dtype(r.luma, np.dtype("u1"), "ReconThumbnail luma")
+    _forbid(r.luma.ndim != 2, f"ReconThumbnail luma must be (height, width), not {r.luma.shape}")
+    _check_recon_thumbnail(r.thumbnail_width, r.thumbnail_height, header, None)
+    return {**record_fields(r), "luma": np.ascontiguousarray(r.luma).tobytes()}
+
+
+def _thumbnail_record(p, header: FileHeader, offset: int | None) -> ReconThumbnailRecord:
+    _check_recon_thumbnail(p.thumbnail_width, p.thumbnail_height, header, offset)
+    luma = np.frombuffer(p.luma, dtype=np.uint8).reshape(p.thumbnail_height, p.thumbnail_width)  # (h, w)
+    return from_fields(ReconThumbnailRecord, {**p, "luma": luma}, offset)
+
+
+def _fields_only(r, header: FileHeader) -> dict:
+    return record_fields(r)
+
+
+def _fields_record(record_class):
+    return lambda p, header, offset: from_fields(record_class, p, offset)
+
+
+def _fixed_counts(fixed, header: FileHeader, offset: int | None) -> dict:
+    return dict(fixed)
+
+
+class RecordMap(NamedTuple):
+    """How one record type's dataclass maps onto its payload struct (schema.PAYLOADS)."""
+
+    struct: object  # the whole payload: fixed fields, then arrays
+    to_record: Callable  # (parsed payload, header, offset) -> checked record
+    from_record: Callable  # (record, header) -> the values ``struct`` builds, after the writer's checks
+    counts: Callable | None  # (parsed fixed part, header, offset) -> schema.payload_size's counts; None: any length
+
+
+RECORDS: dict[RecordType, RecordMap] = {
+    RecordType.SCENE: RecordMap(schema.scene_payload, _scene_record, _scene_values, _scene_counts),
+    RecordType.KEYFRAME: RecordMap(schema.keyframe_payload, _keyframe_record, _keyframe_values, _keyframe_counts),
+    RecordType.END: RecordMap(schema.end_payload, _fields_record(EndRecord), _fields_only, _fixed_counts),
+    RecordType.ENCODER_SETTINGS: RecordMap(schema.encoder_settings_payload, _settings_record, _settings_values, None),
+    RecordType.SEEK_INDEX: RecordMap(schema.seek_index_payload, _fields_record(SeekIndexRecord), _fields_only, _fixed_counts),
+    RecordType.QUALITY: RecordMap(schema.quality_payload, _fields_record(QualityRecord), _quality_values, _fixed_counts),
+    RecordType.RECON_THUMBNAIL: RecordMap(
+        schema.recon_thumbnail_payload, _thumbnail_record, _thumbnail_values, _thumbnail_counts
+    ),
+}
+"""Every record type with a payload struct. Padding (§6.7) has none: its payload is filler."""
+
+KNOWN_TYPES = frozenset(int(t) for t in RecordType)
+
+
+def record_to_bytes(record: Record, header: FileHeader) -> bytes:
+    """A framed record, checked against the header (spec §4, §6)."""
+    if isinstance(record, PaddingRecord):
+        if not 0 <= record.size <= schema.MAX_RECORD_LENGTH:
+            raise LengthError(f"Padding of {record.size} bytes is outside 0..{schema.MAX_RECORD_LENGTH}")
+        payload = bytes(record.size)  # §6.7: every filler byte is 0x00
+    elif isinstance(record, UnknownAncillaryRecord):
+        _forbid(
+            not is_ancillary(record.record_type) or record.record_type in KNOWN_TYPES,
+            f"record type 0x{record.record_type:04x} is not an unknown ancillary type",
+        )
+        payload = record.payload
+    elif type(record) is RECORD_CLASSES.get(getattr(record, "record_type", None)):
+        mapping = RECORDS[record.record_type]
+        payload = schema.build(mapping.struct, mapping.from_record(record, header), **header_params(header))
+    else:
+        raise TypeError(f"not a record: {record!r}")
+    return frame_record(record.record_type, payload)
+
+
 def _expect_length(actual: int, expected: int, what: str, offset: int | None) -> None:
     if actual != expected:
         raise LengthError(f"{what} payload is {actual} bytes, the header implies {expected}", offset)
@@ -404,74 +508,17 @@ def _expect_length(actual: int, expected: int, what: str, offset: int | None) ->
 
 def record_from_payload(record_type: int, payload: bytes, header: FileHeader, offset: int | None = None) -> Record:
     """Decode a CRC-verified payload into its record (spec §6). ``offset``: the record's start."""
-    if record_type == RecordType.SCENE:
-        if len(payload) < schema.SCENE_FIXED_SIZE:
-            raise LengthError(f"Scene payload is {len(payload)} bytes, shorter than its fixed part", offset)
-        fmt = _enum(LatentFormat, payload[4], "latent_format", offset)
-        _expect_length(len(payload), scene_payload_size(header, fmt), "Scene", offset)
-        p = schema.parse(schema.scene_payload, payload, offset)
-        latent = np.frombuffer(p.latent, dtype=LATENT_DTYPES[fmt]).reshape(header.latent_shape)
-        record = SceneRecord(p.first_frame, fmt, p.latent_scale, latent)
-        _check_scene(record, header, offset)
-        return record
-    if record_type == RecordType.KEYFRAME:
-        if len(payload) < schema.KEYFRAME_FIXED_SIZE:
-            raise LengthError(f"Keyframe payload is {len(payload)} bytes, shorter than its fixed part", offset)
-        rank = int.from_bytes(payload[4:6], "little")
-        _forbid(rank == 0, "keyframe rank 0 is forbidden", offset)
-        _expect_length(len(payload), keyframe_payload_size(header, rank), "Keyframe", offset)
-        p = schema.parse(
-            schema.keyframe_payload, payload, offset, prompt_tokens=header.prompt_tokens, prompt_dim=header.prompt_dim
-        )
-        m, n = header.prompt_shape
-        record = KeyframeRecord(
-            frame_index=p.frame_index,
-            rank=p.rank,
-            quant_scheme=_enum(QuantScheme, p.quant_scheme, "quant_scheme", offset),
-            u_scale=p.u_scale,
-            u_zero_point=p.u_zero_point,
-            v_scale=p.v_scale,
-            v_zero_point=p.v_zero_point,
-            u=np.frombuffer(p.u, dtype=np.int8).reshape(m, p.rank),
-            v=np.frombuffer(p.v, dtype=np.int8).reshape(p.rank, n),
-        )
-        _check_keyframe(record, header, offset)
-        return record
-    if record_type == RecordType.END:
-        _expect_length(len(payload), schema.END_PAYLOAD_SIZE, "End", offset)
-        p = schema.parse(schema.end_payload, payload, offset)
-        return EndRecord(p.frame_count, p.scene_count, p.keyframe_count, p.seek_index_offset)
-    if record_type == RecordType.ENCODER_SETTINGS:
-        try:
-            settings = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise ForbiddenValueError("EncoderSettings is not strict UTF-8 JSON", offset) from None
-        _forbid(not isinstance(settings, dict), "EncoderSettings must hold a JSON object", offset)
-        return EncoderSettingsRecord(settings)
-    if record_type == RecordType.SEEK_INDEX:
-        if len(payload) < 4:
-            raise LengthError("SeekIndex payload is shorter than its count", offset)
-        count = int.from_bytes(payload[:4], "little")
-        _expect_length(len(payload), 4 + count * schema.SEEK_ENTRY_SIZE, "SeekIndex", offset)
-        p = schema.parse(schema.seek_index_payload, payload, offset)
-        return SeekIndexRecord(tuple(SeekEntry(e.frame_index, e.byte_offset) for e in p.entries))
-    if record_type == RecordType.QUALITY:
-        if len(payload) < schema.QUALITY_FIXED_SIZE:
-            raise LengthError("Quality payload is shorter than its fixed part", offset)
-        count = int.from_bytes(payload[4:8], "little")
-        _expect_length(len(payload), schema.QUALITY_FIXED_SIZE + count * schema.QUALITY_PER_FRAME, "Quality", offset)
-        p = schema.parse(schema.quality_payload, payload, offset)
-        return QualityRecord(p.first_frame, tuple(p.psnr_db), tuple(p.loss))
-    if record_type == RecordType.RECON_THUMBNAIL:
-        if len(payload) < schema.RECON_THUMBNAIL_FIXED_SIZE:
-            raise LengthError("ReconThumbnail payload is shorter than its fixed part", offset)
-        width, height = int.from_bytes(payload[4:6], "little"), int.from_bytes(payload[6:8], "little")
-        _expect_length(len(payload), recon_thumbnail_payload_size(width, height), "ReconThumbnail", offset)
-        _check_recon_thumbnail(width, height, header, offset)
-        p = schema.parse(schema.recon_thumbnail_payload, payload, offset)
-        return ReconThumbnailRecord(p.frame_index, np.frombuffer(p.luma, dtype=np.uint8).reshape(height, width))
     if record_type == RecordType.PADDING:
         return PaddingRecord(len(payload))  # contents are ignored (spec §6.7)
-    if is_ancillary(record_type):
-        return UnknownAncillaryRecord(record_type, bytes(payload))
-    raise UnknownCriticalRecordError(f"unknown critical record type 0x{record_type:04x}", offset)
+    mapping = RECORDS.get(record_type)
+    if mapping is None:
+        if is_ancillary(record_type):
+            return UnknownAncillaryRecord(record_type, bytes(payload))
+        raise UnknownCriticalRecordError(f"unknown critical record type 0x{record_type:04x}", offset)
+    name, fixed = RECORD_NAMES[record_type], schema.PAYLOADS[record_type][0]
+    if len(payload) < fixed.sizeof():
+        raise LengthError(f"{name} payload is {len(payload)} bytes, shorter than its fixed part", offset)
+    if mapping.counts is not None:
+        counts = mapping.counts(schema.parse(fixed, payload, offset), header, offset)
+        _expect_length(len(payload), schema.payload_size(record_type, **counts), name, offset)
+    return mapping.to_record(schema.parse(mapping.struct, payload, offset, **header_params(header)), header, offset)

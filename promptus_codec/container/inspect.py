@@ -7,21 +7,38 @@ everything else (header, record framing and CRCs, scales and indices, ancillary 
 
 from __future__ import annotations
 
+import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from promptus_codec.container import codec, schema
+from promptus_codec.container.reader import PrxReader, Truncation
 from promptus_codec.container.records import (
-    LATENT_DTYPES,
     EncoderSettingsRecord,
     FileHeader,
     KeyframeRecord,
     ReconThumbnailRecord,
+    RecordType,
     SceneRecord,
 )
-from promptus_codec.container.reader import PrxReader, Truncation
-from promptus_codec.container import schema
 
-FRAMING = schema.RECORD_FRAMING_SIZE
+
+def _shown(group) -> dict:
+    """A header group's fields (GenerationConstants, ModelIdentity): enums by name, digests in hex."""
+    values = {}
+    for f in fields(group):
+        value = getattr(group, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.name.lower()
+        elif isinstance(value, bytes):
+            value = value.hex()
+        values[f.name] = value
+    return values
+
+
+def _array_bytes(record_type: RecordType, header: FileHeader, **counts) -> int:
+    """Bytes of a record's arrays: its payload less the fixed part (schema.py's sizes)."""
+    return schema.payload_size(record_type, **codec.header_params(header), **counts) - schema.fixed_size(record_type)
 
 
 @dataclass
@@ -92,21 +109,8 @@ class StreamSummary:
             "duration_s": self.duration_s,
             "prompt_shape": list(h.prompt_shape),
             "latent_shape": list(h.latent_shape),
-            "generation": {
-                "noise_seed": h.generation.noise_seed,
-                "noise_generator": h.generation.noise_generator.name.lower(),
-                "latent_weight": h.generation.latent_weight,
-                "noise_weight": h.generation.noise_weight,
-                "timestep": h.generation.timestep,
-                "alpha_cumprod": h.generation.alpha_cumprod,
-                "prediction_type": h.generation.prediction_type.name.lower(),
-            },
-            "model": {
-                "name": h.model.name,
-                "denoiser_sha256": h.model.denoiser_sha256.hex(),
-                "decoder_sha256": h.model.decoder_sha256.hex(),
-                "encoder_sha256": h.model.encoder_sha256.hex(),
-            },
+            "generation": _shown(h.generation),
+            "model": _shown(h.model),
             "scenes": [vars(s) for s in self.scenes],
             "keyframes": [vars(k) for k in self.keyframes],
             "recon_thumbnails": {
@@ -124,30 +128,26 @@ def summarize(path: str | os.PathLike) -> StreamSummary:
     with open(path, "rb") as stream:
         reader = PrxReader(stream)
         summary = StreamSummary(reader.header, file_bytes=os.fstat(stream.fileno()).st_size)
-        m, n = reader.header.prompt_shape
-        latent_values = reader.header.latent_channels * reader.header.latent_height * reader.header.latent_width
+        header = reader.header
         reasons: dict[int, str] = {}
         for record in reader:
+            record_bytes = reader.record_span[1] - reader.record_span[0]
             if isinstance(record, EncoderSettingsRecord):
                 reasons = _scene_reasons(record.settings)
             elif isinstance(record, SceneRecord):
-                latent = latent_values * LATENT_DTYPES[record.latent_format].itemsize
                 summary.scenes.append(
                     SceneInfo(
-                        record.first_frame, record.latent_format.name.lower(), FRAMING + schema.SCENE_FIXED_SIZE + latent,
+                        record.first_frame, record.latent_format.name.lower(), record_bytes,
                         reasons.get(record.first_frame, "?"),
                     )
                 )
-                summary.latent_bytes += latent
+                summary.latent_bytes += _array_bytes(RecordType.SCENE, header, latent_format=record.latent_format)
             elif isinstance(record, KeyframeRecord):
-                factors = record.rank * (m + n)
-                summary.keyframes.append(
-                    KeyframeInfo(record.frame_index, record.rank, FRAMING + schema.KEYFRAME_FIXED_SIZE + factors)
-                )
-                summary.prompt_bytes += factors
+                summary.keyframes.append(KeyframeInfo(record.frame_index, record.rank, record_bytes))
+                summary.prompt_bytes += _array_bytes(RecordType.KEYFRAME, header, rank=record.rank)
             elif isinstance(record, ReconThumbnailRecord):
                 summary.thumbnail_count += 1
-                summary.thumbnail_bytes += reader.record_span[1] - reader.record_span[0]
+                summary.thumbnail_bytes += record_bytes
                 summary.thumbnail_sizes.add((record.thumbnail_width, record.thumbnail_height))
         summary.complete = reader.end is not None
         summary.truncation = reader.truncation

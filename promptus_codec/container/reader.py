@@ -81,11 +81,11 @@ class PrxReader:
         preamble = schema.parse(schema.header_preamble, raw, 0)
         codec.check_preamble(preamble)
         body = self._read_exact(preamble.header_length)
-        crc = self._read_exact(4)
-        if len(body) < preamble.header_length or len(crc) < 4:
+        crc = self._read_exact(schema.CRC_SIZE)
+        if len(body) < preamble.header_length or len(crc) < schema.CRC_SIZE:
             raise TruncatedError("file ends inside the header", self._offset)
-        if int.from_bytes(crc, "little") != codec.crc32(raw + body):
-            raise CrcMismatchError("header CRC-32 mismatch", self._offset - 4)
+        if schema.unpack_crc(crc) != codec.crc32(raw + body):
+            raise CrcMismatchError("header CRC-32 mismatch", self._offset - schema.CRC_SIZE)
         return codec.header_from_parts(preamble, body)
 
     def _truncated(self, start: int, tail: int) -> None:
@@ -108,7 +108,7 @@ class PrxReader:
             crc = self._read_exact(schema.RECORD_CRC_SIZE)
             if len(payload) < p.record_length or len(crc) < schema.RECORD_CRC_SIZE:
                 return self._truncated(start, self._offset - start)
-            if int.from_bytes(crc, "little") != codec.crc32(prefix + payload):
+            if schema.unpack_crc(crc) != codec.crc32(prefix + payload):
                 raise CrcMismatchError(f"record CRC-32 mismatch (type 0x{p.record_type:04x})", start)
             record = codec.record_from_payload(p.record_type, payload, self.header, start)
             self.order.accept(record, start)

@@ -8,10 +8,23 @@ Field names follow the spec.
 from __future__ import annotations
 
 import enum
+import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+
+# Field metadata that maps a dataclass onto the spec's field names (container/codec.py
+# walks dataclasses.fields() with it, so a field declared in schema.py and here needs no
+# other code).
+SPEC_NAME = "spec_name"  # the spec's name of a field, where it differs from the attribute's
+INLINE = "inline"  # True: a group whose own fields stand inline in the spec's layout
+
+
+def spec_name(name: str) -> dict:
+    """Field metadata: this field is called ``name`` in format_spec.md."""
+    return {SPEC_NAME: name}
+
 
 # ---------------------------------------------------------------------------
 # Integer ids. Each one is fixed by a table in format_spec.md; never renumber.
@@ -30,6 +43,18 @@ class RecordType(enum.IntEnum):
     PADDING = 0x8004
     RECON_THUMBNAIL = 0x8005
 
+
+# The record names of the §4.2 table. Written out, never derived from enum order.
+RECORD_NAMES = {
+    RecordType.SCENE: "Scene",
+    RecordType.KEYFRAME: "Keyframe",
+    RecordType.END: "End",
+    RecordType.ENCODER_SETTINGS: "EncoderSettings",
+    RecordType.SEEK_INDEX: "SeekIndex",
+    RecordType.QUALITY: "Quality",
+    RecordType.PADDING: "Padding",
+    RecordType.RECON_THUMBNAIL: "ReconThumbnail",
+}
 
 ANCILLARY_BIT = 0x8000
 
@@ -163,7 +188,7 @@ UNKNOWN_DIGEST = bytes(32)  # spec §3.5: the writer did not know the weights' f
 class ModelIdentity:
     """Which weights made the stream (spec §3.5). Digests are SHA-256, 32 bytes each."""
 
-    name: str
+    name: str = field(metadata=spec_name("model_name"))
     denoiser_sha256: bytes
     decoder_sha256: bytes
     encoder_sha256: bytes
@@ -187,16 +212,16 @@ class FileHeader:
 
     coded_width: int
     coded_height: int
-    geometry: SourceGeometry
-    frame_rate: Fraction
+    geometry: SourceGeometry = field(metadata={INLINE: True})
+    frame_rate: Fraction  # frame_rate_num / frame_rate_den, in lowest terms
     frame_count: int  # 0 = unknown (stream still being written)
     prompt_tokens: int  # m
     prompt_dim: int  # n
     latent_channels: int
     latent_height: int
     latent_width: int
-    generation: GenerationConstants
-    model: ModelIdentity
+    generation: GenerationConstants = field(metadata={INLINE: True})
+    model: ModelIdentity = field(metadata={INLINE: True})
     flags: int = 0
     major_version: int = 1
     minor_version: int = 0
@@ -279,7 +304,7 @@ class EndRecord:
 class EncoderSettingsRecord:
     """The encoder configuration that made the stream, as a JSON object (spec §6.4)."""
 
-    settings: dict
+    settings: dict = field(metadata=spec_name("settings_json"))
 
     record_type = RecordType.ENCODER_SETTINGS
 
@@ -296,6 +321,10 @@ class SeekIndexRecord:
 
     entries: tuple[SeekEntry, ...]
 
+    @property
+    def entry_count(self) -> int:
+        return len(self.entries)
+
     record_type = RecordType.SEEK_INDEX
 
 
@@ -310,14 +339,19 @@ class QualityRecord:
     psnr_db: tuple[float, ...]
     loss: tuple[float, ...]
 
+    @property
+    def frame_count(self) -> int:
+        """Entries in the record (not the stream's frame count)."""
+        return len(self.psnr_db)
+
     record_type = RecordType.QUALITY
 
 
 @dataclass(frozen=True)
 class PaddingRecord:
-    """Zero bytes that make a stream hit its target size exactly (spec §6.7)."""
+    """Filler that makes a stream hit its target size exactly (spec §6.7); written as 0x00 bytes."""
 
-    size: int  # payload bytes
+    size: int = field(metadata=spec_name("record_length"))  # payload bytes
 
     record_type = RecordType.PADDING
 
@@ -372,3 +406,9 @@ Record = (
     | ReconThumbnailRecord
     | UnknownAncillaryRecord
 )
+
+
+# record_type -> its dataclass, for every type of the §4.2 table
+RECORD_CLASSES = {
+    cls.record_type: cls for cls in typing.get_args(Record) if isinstance(getattr(cls, "record_type", None), RecordType)
+}

@@ -198,7 +198,7 @@ def test_unknown_ancillary_record_is_skipped_and_kept():
 def test_minor_version_extension_is_read_by_a_1_0_reader():
     data = _vector("minor_version_extension", ACCEPTED_GROUPS)
     header_length = int.from_bytes(data[12:16], "little")
-    assert data[8:10] == b"\x01\x01" and header_length == codec.HEADER_BODY_V1_SIZE + len("promptus-conformance") + 8
+    assert data[8:10] == b"\x01\x01" and header_length == schema.HEADER_BODY_V1_SIZE + len("promptus-conformance") + 8
     prx = read_prx(io.BytesIO(data))
     assert prx.header.minor_version == 1
     assert file_to_json(prx)["header"] == {**_expected("minimal")["header"], "minor_version": 1}
@@ -305,7 +305,7 @@ def spec_payload(doc: dict) -> bytes:
     if kind == "Quality":
         return _u("II", doc["first_frame"], doc["frame_count"]) + b"".join(_f32(x) for x in doc["psnr_db"] + doc["loss"])
     if kind == "Padding":
-        return bytes(doc["record_length"])  # §6.7: a writer writes zero bytes
+        return bytes(doc["record_length"])  # §6.7: a writer fills it with 0x00 bytes
     if kind == "ReconThumbnail":
         assert doc["luma"]["dtype"] == "|u1" and doc["luma"]["shape"] == [doc["thumbnail_height"], doc["thumbnail_width"]]
         return _u("IHH", doc["frame_index"], doc["thumbnail_width"], doc["thumbnail_height"]) + bytes.fromhex(doc["luma"]["hex"])
@@ -366,7 +366,7 @@ def test_header_both_ways(name):
         lambda d: header_to_json(PrxReader(io.BytesIO(d)).header),
         doc,
         data,
-        16 + codec.HEADER_BODY_V1_SIZE + len(doc["model_name"].encode("utf-8")) + 4,
+        16 + schema.HEADER_BODY_V1_SIZE + len(doc["model_name"].encode("utf-8")) + 4,
     )
     assert _vector(name, ACCEPTED_GROUPS).startswith(data)
 

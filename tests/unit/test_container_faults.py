@@ -377,30 +377,14 @@ def test_every_single_bit_flip_is_detected(small_files):
 MAX_PEAK = 3 << 20  # bytes
 
 
-def header_fields(h) -> dict:
-    g, c, m = h.geometry, h.generation, h.model
-    return dict(
-        coded_width=h.coded_width, coded_height=h.coded_height,
-        source_width=g.source_width, source_height=g.source_height, fit_mode=int(g.fit_mode),
-        source_rect=vars(g.source_rect), coded_rect=vars(g.coded_rect),
-        frame_rate_num=h.frame_rate.numerator, frame_rate_den=h.frame_rate.denominator, frame_count=h.frame_count,
-        prompt_tokens=h.prompt_tokens, prompt_dim=h.prompt_dim,
-        latent_channels=h.latent_channels, latent_height=h.latent_height, latent_width=h.latent_width,
-        noise_seed=c.noise_seed, noise_generator=int(c.noise_generator), prediction_type=int(c.prediction_type),
-        timestep=c.timestep, latent_weight=c.latent_weight, noise_weight=c.noise_weight, alpha_cumprod=c.alpha_cumprod,
-        denoiser_sha256=m.denoiser_sha256, decoder_sha256=m.decoder_sha256, encoder_sha256=m.encoder_sha256,
-        model_name=m.name,
-    )
-
-
 def forge_header(header_length: int | None = None, major: int = 1, body_tail: bytes = b"", raw_name: bytes | None = None, **fields) -> bytes:
     """A header with arbitrary field values and a correct CRC (the checks must not rely on the CRC).
 
     ``raw_name`` replaces the model_name field (u8 length and bytes) with raw bytes.
     """
-    body = schema.header_body.build({**header_fields(small_header()), **fields}) + body_tail
+    body = schema.header_body.build({**codec.to_fields(small_header()), **fields}) + body_tail
     if raw_name is not None:
-        body = body[: codec.HEADER_BODY_V1_SIZE - 1] + raw_name
+        body = body[: schema.HEADER_BODY_V1_SIZE - 1] + raw_name
     length = len(body) if header_length is None else header_length
     preamble = schema.SIGNATURE + bytes([major, 0]) + b"\x00\x00" + length.to_bytes(4, "little")
     return preamble + body + codec.crc32(preamble + body).to_bytes(4, "little")

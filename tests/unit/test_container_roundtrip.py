@@ -24,6 +24,7 @@ from promptus_codec.container.reader import PrxReader, read_prx
 from promptus_codec.container.records import (
     EndRecord,
     KeyframeRecord,
+    LatentFormat,
     RecordType,
     SceneRecord,
     SeekIndexRecord,
@@ -78,15 +79,17 @@ def test_end_payload_both_ways():
         schema.end_payload,
         data,
         dict(frame_count=9, scene_count=2, keyframe_count=5, seek_index_offset=1234),
-        schema.END_PAYLOAD_SIZE,
+        20,
     )
+    assert schema.payload_size(RecordType.END) == 20
 
 
 def test_scene_payload_both_ways():
     latent = np.arange(6, dtype="<f2").tobytes()
     data = (6).to_bytes(4, "little") + b"\x02" + np.float32(1.0).tobytes() + latent
     common(schema.scene_payload, data, dict(first_frame=6, latent_format=2, latent_scale=1.0, latent=latent))
-    assert len(data) == schema.SCENE_FIXED_SIZE + len(latent)
+    assert len(data) == schema.payload_size(RecordType.SCENE, latent_format=LatentFormat.FLOAT16, latent_elements=6)
+    assert schema.fixed_size(RecordType.SCENE) == 9
 
 
 def test_keyframe_payload_both_ways():
@@ -98,7 +101,8 @@ def test_keyframe_payload_both_ways():
     )
     obj = dict(frame_index=4, rank=r, quant_scheme=1, u_scale=0.5, u_zero_point=-3.0, v_scale=0.25, v_zero_point=7.0, u=u, v=v)
     common(schema.keyframe_payload, fixed + u + v, obj, prompt_tokens=m, prompt_dim=n)
-    assert len(fixed) == schema.KEYFRAME_FIXED_SIZE
+    assert len(fixed) == schema.fixed_size(RecordType.KEYFRAME) == 23
+    assert len(fixed + u + v) == schema.payload_size(RecordType.KEYFRAME, rank=r, prompt_tokens=m, prompt_dim=n)
 
 
 def test_seek_index_payload_both_ways():
@@ -106,22 +110,23 @@ def test_seek_index_payload_both_ways():
     data += (41).to_bytes(4, "little") + (90000).to_bytes(8, "little")
     entries = [Container(frame_index=0, byte_offset=181), Container(frame_index=41, byte_offset=90000)]
     common(schema.seek_index_payload, data, dict(entry_count=2, entries=entries))
-    assert len(data) == 4 + 2 * schema.SEEK_ENTRY_SIZE
+    assert len(data) == schema.payload_size(RecordType.SEEK_INDEX, entry_count=2) == 4 + 2 * 12
 
 
 def test_quality_payload_both_ways():
     data = (3).to_bytes(4, "little") + (2).to_bytes(4, "little") + np.array([30.5, 31.0, 0.25, 0.5], "<f4").tobytes()
     common(schema.quality_payload, data, dict(first_frame=3, frame_count=2, psnr_db=[30.5, 31.0], loss=[0.25, 0.5]))
-    assert len(data) == schema.QUALITY_FIXED_SIZE + 2 * schema.QUALITY_PER_FRAME
+    assert len(data) == schema.payload_size(RecordType.QUALITY, frame_count=2) == 8 + 2 * 8
 
 
 def test_header_body_v1_size():
-    """codec.HEADER_BODY_V1_SIZE is the body with an empty model_name (spec §3.2)."""
+    """schema.HEADER_BODY_V1_SIZE is the body with an empty model_name (spec §3.2), 164 bytes."""
     h = small_stream().header
     full = codec.header_to_bytes(h)
     name = h.model.name.encode("utf-8")
     body = full[16:-4]
-    assert len(body) == codec.HEADER_BODY_V1_SIZE + len(name)
+    assert len(body) == schema.HEADER_BODY_V1_SIZE + len(name) == 164 + len(name)
+    assert len(full) == schema.header_size(h.model.name)
     assert body[-len(name) - 1] == len(name) and body.endswith(name)
     assert int.from_bytes(full[12:16], "little") == len(body)
     assert int.from_bytes(full[-4:], "little") == codec.crc32(full[:-4])
