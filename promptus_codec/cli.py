@@ -158,7 +158,7 @@ def encode(input, output, bitrate, rank, interval, min_rank, model, weights, pre
         target_kbps=bitrate, rank=rank, interval=interval, min_rank=min_rank, preset=preset, size=size,
         fit_mode=fit_mode, fps=fps, refresh_s=refresh, scene_detector=scene_detector, cut_threshold=cut_threshold,
         latent_format=LatentFormat[latent_format.upper()],
-        perceptual=resolve_perceptual(perceptual, warn=lambda message: click.echo(f"promptus: warning: {message}", err=True)),
+        perceptual=resolve_perceptual(perceptual, preset, warn=lambda message: click.echo(f"promptus: warning: {message}", err=True)),
         fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None and v != "auto")),
         verify_record=verify_record,
     )

@@ -152,10 +152,16 @@ def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, p
     """Pass 1: geometry, frame rate, scene cuts, then the scene latents (a second, short read)."""
     from promptus_codec.media import plan_geometry
 
-    def encode_latent(frame: np.ndarray) -> np.ndarray:  # (H, W, 3) uint8 -> (C, h, w) float32
+    fit = options.fit_config()
+
+    def encode_latent(frame: np.ndarray, index: int | None = None) -> np.ndarray:  # (H, W, 3) uint8 -> (C, h, w) float32
+        """The posterior mean; with ``index``, the scene latent of frame ``index`` as FitConfig.scene_latent says."""
+        sample = None
+        if index is not None and fit.scene_latent == "sample":
+            sample = torch.Generator(model.device).manual_seed(fit.seed * 1_000_003 + index)
         with torch.inference_mode():
             pixels = frames_to_tensor([frame], model.device, model.dtype)
-            return np.ascontiguousarray(model.encode_image(pixels)[0].float().cpu().numpy())
+            return np.ascontiguousarray(model.encode_image(pixels, sample)[0].float().cpu().numpy())
 
     with video.open() as source:
         coded_width, coded_height, geometry = plan_geometry(source.width, source.height, options.size, options.fit_mode, multiple=64)
@@ -175,7 +181,7 @@ def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, p
     with video.open() as source:
         for index, frame in enumerate(coded_frames(source, coded_width, coded_height, geometry)):
             if index in wanted:
-                latents[index] = encode_latent(frame)
+                latents[index] = encode_latent(frame, index)
     lengths = scene_lengths(starts, detector.frames)
     return Analysis(coded_width, coded_height, geometry, frame_rate, lengths, latents, tuple(starts), stated_frames)
 
@@ -204,13 +210,14 @@ def settings_bytes(settings: dict) -> int:
 
 
 def perceptual_loss(kind: str, device) -> PerceptualLoss:
-    from promptus_codec.metrics.perceptual import load_lpips
+    from promptus_codec.metrics.perceptual import lpips_distance, vgg19_distance
 
     if kind == "none":
         return PerceptualLoss(None)
-    if kind not in ("lpips", "lpips-random"):
-        raise PrxError(f"unknown --perceptual {kind!r}: choose lpips, none or lpips-random")
-    return PerceptualLoss(load_lpips("alex", random_backbone=kind == "lpips-random").to(device))
+    build = {"lpips": lpips_distance, "vgg19": vgg19_distance}.get(kind.removesuffix("-random"))
+    if build is None:
+        raise PrxError(f"unknown --perceptual {kind!r}: choose lpips, vgg19 or none")
+    return PerceptualLoss(build(random_backbone=kind.endswith("-random")).to(device))
 
 
 @dataclass
@@ -243,7 +250,7 @@ class Encoder:
             self.fit = replace(self.fit, init="amortized" if model.spec.name in INITIALIZER_MODELS else "warm")
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(model.spec.name, model.device)
-        elif self.fit.init not in ("random", "warm"):
+        elif self.fit.init not in ("random", "uniform", "warm"):
             raise PrxError(f"unknown init {self.fit.init!r}: choose one of {', '.join(INITS)}")
 
     def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
@@ -270,8 +277,8 @@ class Encoder:
 
     def start_for(self, frame: np.ndarray, keyframe: int, rank: int, previous: Factors | None) -> Factors | None:
         """Where fitting keyframe ``keyframe`` starts: the prompt encoder's factors for its (H, W, 3)
-        ``frame`` (amortized), the previous keyframe's (warm), or None (seeded random)."""
-        if self.fit.init == "random":
+        ``frame`` (amortized), the previous keyframe's (warm), or None (seeded random or uniform)."""
+        if self.fit.init in ("random", "uniform"):
             return None
         if self.initializer is None:
             return None if previous is None else Factors(previous.frame_index, torch.from_numpy(previous.u), torch.from_numpy(previous.v))

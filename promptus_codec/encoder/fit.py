@@ -11,6 +11,9 @@ straight-through gradient sits between the trainable floats and the generator.
 A scene's first keyframe is fitted alone, from the scene latent. Every later keyframe is
 fitted through all frames of its interval, which share the noisy input made from the
 previous keyframe's generated latent (interpolation-aware fitting).
+
+Two procedures (FitConfig.procedure): :func:`fit_keyframe`'s batched one (ours), and
+:func:`fit_keyframe_reference`, the reference implementation's inversion.py rule by rule.
 """
 
 from __future__ import annotations
@@ -71,23 +74,59 @@ class FitResult:
     frame_losses: list[float]  # per frame of the interval, at the best iterate
 
 
-class PerceptualLoss(torch.nn.Module):
-    """LPIPS on images in [0, 1], or zero when disabled."""
+class RunningQuantiser:
+    """The reference's fake quantiser (its QParam + FakeQuantize), for ``quantiser="running"``.
 
-    def __init__(self, lpips_module: torch.nn.Module | None):
+    Per-tensor affine uint8 over the range of *every* value seen so far, 0 included:
+    scale = (max - min) / 255, zero point = round(255 - max / scale), q = round(clamp(x / scale
+    + zero point, 0, 255)); straight-through gradient. Stored as int8 codes q - 128 with zero
+    point - 128, which dequantise to the very same floats.
+    """
+
+    def __init__(self):
+        self.low, self.high = 0.0, 0.0  # the running range starts at {0}, so it always holds 0
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """(dequantised x with a straight-through gradient, int8 codes, stored scale, stored zero point)."""
+        self.low = min(self.low, x.detach().min().item())
+        self.high = max(self.high, x.detach().max().item())
+        scale = np.float32((self.high - self.low) / 255)
+        if not scale > 0:
+            scale = np.float32(1.0)  # nothing but zeros seen yet
+        zero_point = float(np.rint(np.float32(255) - np.float32(self.high) / scale))
+        q = torch.round(torch.clamp(x.detach().float() / scale + np.float32(zero_point), 0, 255))
+        xq = (q - np.float32(zero_point)) * scale
+        return x + (xq - x).detach(), (q - 128).to(torch.int8), float(scale), zero_point - 128
+
+
+class PerceptualLoss(torch.nn.Module):
+    """A perceptual distance per image, on images in [0, 1]: LPIPS, the reference's VGG19 term, or zero.
+
+    ``module`` maps (B, 3, H, W) images and targets in [0, 1] to (B,) distances; None = disabled.
+    """
+
+    def __init__(self, module: torch.nn.Module | None):
         super().__init__()
-        self.lpips = lpips_module
+        self.module = module
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # -> (B,)
-        if self.lpips is None:
+        if self.module is None:
             return images.new_zeros(images.shape[0])
-        return self.lpips(images * 2 - 1, targets * 2 - 1, normalize=False).flatten()
+        return self.module(images, targets).flatten()
 
 
-def _initial_factors(task: FitTask, m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_mse(images: torch.Tensor, targets: torch.Tensor, pixel_range: str) -> torch.Tensor:
+    """(B,) MSE per image; "signed" measures on [-1, 1] as the reference does (4x the [0, 1] value)."""
+    scale = 4.0 if pixel_range == "signed" else 1.0
+    return scale * ((images - targets) ** 2).flatten(1).mean(1)
+
+
+def _initial_factors(task: FitTask, m: int, n: int, config: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
     if task.start is not None and task.start.rank == task.rank:
         return torch.as_tensor(task.start.u).clone(), torch.as_tensor(task.start.v).clone()
-    g = torch.Generator().manual_seed(seed * 1_000_003 + task.frame_index)
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + task.frame_index)
+    if config.init == "uniform":  # the reference: torch.rand, U[0, 1)
+        return torch.rand(m, task.rank, generator=g), torch.rand(task.rank, n, generator=g)
     # c = u v / sqrt(r) then has unit-variance entries, the scale of CLIP embeddings.
     return torch.randn(m, task.rank, generator=g), torch.randn(task.rank, n, generator=g)
 
@@ -103,12 +142,16 @@ def fit_keyframe(
 
     ``on_step(step, loss, best_loss)`` hears every iteration.
     """
+    if config.procedure == "reference":
+        return fit_keyframe_reference(generator, task, config, perceptual, on_step)
+    if config.quantiser != "minmax":
+        raise ValueError(f"quantiser {config.quantiser!r} belongs to procedure 'reference'")
     z_prev, noise, targets, previous, frame_index = task.z_prev, task.noise, task.targets, task.previous, task.frame_index
     device, dtype = z_prev.device, z_prev.dtype
     frames = targets.shape[0]
     first_frame = frame_index - frames + 1
     m, n = generator.prompt_shape
-    u0, v0 = _initial_factors(task, m, n, config.seed)
+    u0, v0 = _initial_factors(task, m, n, config)
     u = torch.nn.Parameter(u0.to(device, torch.float32))
     v = torch.nn.Parameter(v0.to(device, torch.float32))
     optimizer = torch.optim.Adam([u, v], lr=config.lr)
@@ -142,7 +185,7 @@ def fit_keyframe(
         _, images = generator(z_prev, noise, prompts.to(dtype))  # (B, 3, H, W)
         images = images.float()
         target = targets[batch]
-        per_frame = config.alpha * ((images - target) ** 2).flatten(1).mean(1)
+        per_frame = config.alpha * pixel_mse(images, target, config.pixel_range)
         if config.alpha < 1:
             per_frame = per_frame + (1 - config.alpha) * perceptual(images, target)
         loss = per_frame.mean() + config.l1_weight * prompts.abs().mean()
@@ -177,3 +220,115 @@ def fit_keyframe(
         scheduler.step(value)
 
     return replace(best, iterations=step + 1)
+
+
+class ReferenceSchedule:
+    """The reference's lr rule: every ``patience`` iterations, if no new minimum came in that
+    window, halve the lr (not below ``floor``) and start a new Adam."""
+
+    def __init__(self, lr: float, patience: int, floor: float):
+        self.lr, self.patience, self.floor = lr, patience, floor
+        self.countdown = patience
+        self.window_min = math.inf  # the minimum when the window began
+
+    def after_iteration(self, min_loss: float) -> bool:
+        """Count one iteration whose running minimum is ``min_loss``; True when the lr was just halved."""
+        self.countdown -= 1
+        if self.countdown:
+            return False
+        halve = min_loss == self.window_min
+        if halve:
+            self.lr = max(self.lr * 0.5, self.floor)
+        self.window_min, self.countdown = min_loss, self.patience
+        return halve
+
+
+def reference_visits(frames: int, first_losses: dict[int, float] | None) -> list[int]:
+    """The interval offsets one reference iteration visits, one Adam step each, in order.
+
+    All ``frames`` frames, plus (after the first iteration, ``first_losses`` given) the previous
+    iteration's worst frame twice more, sorted in. A scene's first keyframe (one frame) is
+    visited once an iteration: the reference repeats no worst frame there.
+    """
+    visits = list(range(frames))
+    if frames > 1 and first_losses:
+        worst = max(first_losses, key=first_losses.get)  # the first of equal losses, as max() picks
+        visits = sorted(visits + [worst, worst])
+    return visits
+
+
+def fit_keyframe_reference(
+    generator: torch.nn.Module,
+    task: FitTask,
+    config: FitConfig,
+    perceptual: PerceptualLoss,
+    on_step=None,
+) -> FitResult:
+    """The reference implementation's inversion, rule by rule (inversion.py; FitConfig's docstring).
+
+    One iteration visits the frames one Adam step each: the keyframe alone for a scene's first
+    keyframe; the interval's K frames in order for a later one, and from the second iteration
+    on the previous iteration's worst frame twice more (sorted in), K + 2 steps. The iteration's
+    loss is the mean over its frames of each frame's first loss; a new minimum keeps the factors
+    of the iteration's last step. After ``plateau_patience`` iterations (``first_plateau_patience``
+    for a first keyframe) without a new minimum, the lr halves (not below ``lr_floor``) and a new
+    Adam starts, forgetting its moments.
+    """
+    z_prev, noise, targets, previous = task.z_prev, task.noise, task.targets, task.previous
+    dtype = z_prev.dtype
+    frames = targets.shape[0]
+    first_frame = task.frame_index - frames + 1
+    m, n = generator.prompt_shape
+    u0, v0 = _initial_factors(task, m, n, config)
+    u = torch.nn.Parameter(u0.to(z_prev.device, torch.float32))
+    v = torch.nn.Parameter(v0.to(z_prev.device, torch.float32))
+    quant_u, quant_v = (RunningQuantiser(), RunningQuantiser()) if config.quantiser == "running" else (None, None)
+    first_keyframe = previous is None
+    patience = config.first_plateau_patience if first_keyframe and config.first_plateau_patience else config.plateau_patience
+    schedule = ReferenceSchedule(config.lr, patience, config.lr_floor)
+    optimizer = torch.optim.Adam([u, v], lr=schedule.lr)
+    total_iterations = config.first_iterations if first_keyframe else config.iterations
+    best, initial, min_loss, first_losses = None, None, math.inf, None
+
+    for iteration in range(max(total_iterations, 1)):
+        visits = reference_visits(frames, first_losses)
+        first_losses = {}
+        for offset in visits:
+            if quant_u is not None:
+                uq, codes_u, u_scale, u_zp = quant_u(u)
+                vq, codes_v, v_scale, v_zp = quant_v(v)
+            else:
+                uq, u_scale, u_zp = fake_quant(u)
+                vq, v_scale, v_zp = fake_quant(v)
+                codes_u, codes_v = quantize_codes(u.detach(), u_scale, u_zp), quantize_codes(v.detach(), v_scale, v_zp)
+            current = Factors(task.frame_index, uq, vq)
+            prompt = current.prompt() if first_keyframe else interpolate(previous, current, first_frame + offset)  # (m, n)
+            _, image = generator(z_prev, noise, prompt[None].to(dtype))  # (1, 3, H, W)
+            target = targets[offset : offset + 1]
+            per_frame = config.alpha * pixel_mse(image.float(), target, config.pixel_range)
+            if config.alpha < 1:
+                per_frame = per_frame + (1 - config.alpha) * perceptual(image.float(), target)
+            loss = per_frame.mean() + config.l1_weight * prompt.abs().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            first_losses.setdefault(offset, loss.item())
+            last_step = (codes_u, codes_v, u_scale, u_zp, v_scale, v_zp)  # what the reference saves on a new minimum
+        mean_loss = float(np.mean(list(first_losses.values())))
+        if initial is None:
+            initial = mean_loss
+        if mean_loss < min_loss:
+            min_loss = mean_loss
+            codes_u, codes_v, u_scale, u_zp, v_scale, v_zp = last_step
+            best = FitResult(
+                u=codes_u.cpu().numpy(), v=codes_v.cpu().numpy(),
+                u_scale=u_scale, u_zero_point=u_zp, v_scale=v_scale, v_zero_point=v_zp,
+                best_loss=mean_loss, initial_loss=initial, iterations=iteration + 1,
+                frame_losses=[first_losses[i] for i in range(frames)],
+            )
+        if on_step:
+            on_step(iteration, mean_loss, min_loss)
+        if schedule.after_iteration(min_loss):
+            optimizer = torch.optim.Adam([u, v], lr=schedule.lr)  # a new Adam: its moments start again
+    return replace(best, iterations=iteration + 1)
+

@@ -13,25 +13,42 @@ from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.scenes import DEFAULT_DETECTOR
 from promptus_codec.errors import PrxError
 
-INITS = ("auto", "random", "warm", "amortized")  # FitConfig.init; auto = amortized where the model has a prompt encoder
+INITS = ("auto", "random", "uniform", "warm", "amortized")  # FitConfig.init; auto = amortized where the model has a prompt encoder
+PROCEDURES = ("batched", "reference")  # FitConfig.procedure
 FIT_MODES = ("crop", "pad", "scale")  # EncodeOptions.fit_mode, as media.geometry.FITS maps them; crop is the reference's
-PERCEPTUAL_LOSSES = ("auto", "lpips", "none")  # --perceptual; EncodeOptions also takes lpips-random (tests only)
+PERCEPTUAL_LOSSES = ("auto", "lpips", "vgg19", "none")  # --perceptual; EncodeOptions also takes lpips-random and
+# vgg19-random (tests only: untrained backbones)
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """How hard to fit. Presets are in PRESETS."""
+    """How to fit. Presets are in PRESETS.
 
+    ``procedure`` "batched" is ours: one Adam step an iteration over the interval's frames (plus
+    the worst frame again), ReduceLROnPlateau, early stopping. "reference" is the reference
+    implementation's inversion.py step for step: one Adam step per frame (the interval's K
+    frames, then the worst frame twice), a new Adam at half the lr after ``plateau_patience``
+    iterations without a new best (floor ``lr_floor``), a running-range uint8 quantiser, and
+    the best iterate judged by the mean of each frame's first loss in the iteration.
+    """
+
+    procedure: str = "batched"  # batched | reference (see above)
     first_iterations: int = 300  # a scene's first keyframe starts from nothing
     iterations: int = 100  # later keyframes start near the previous one
     lr: float = 0.1  # Adam step; the reference's value
     plateau_patience: int = 20  # iterations without a new best before the lr is halved
+    first_plateau_patience: int | None = None  # the same for a scene's first keyframe; None = plateau_patience
+    lr_floor: float = 0.0  # the lr is never halved below this (the reference: 0.001)
     early_stop_patience: int = 60  # iterations without a new best before fitting stops (0 = never)
     min_improvement: float = 1e-4  # relative loss decrease that counts as a new best
     alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
     l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding
+    pixel_range: str = "unit"  # MSE on images in [0, 1] (unit) or in [-1, 1] (signed: the reference; 4x the unit MSE)
+    quantiser: str = "minmax"  # int8 over the current tensor's range (minmax) | uint8 over a running range (running: the reference)
+    scene_latent: str = "mean"  # scene latents: the VAE posterior's mean | a seeded sample from it (the reference)
     temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
-    init: str = "auto"  # start: random | warm (previous keyframe) | amortized (prompt encoder) | auto (amortized if the model has one)
+    init: str = "auto"  # start: random (seeded normal) | uniform (seeded U[0, 1): the reference) | warm (previous
+    # keyframe) | amortized (prompt encoder) | auto (amortized if the model has one, else warm)
     max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
     seed: int = 0  # initial factors come from a generator seeded with (seed, frame index)
 
@@ -40,7 +57,13 @@ class FitConfig:
 
 
 PRESETS = {
-    # The reference's settings: 10,000 / 1,500 iterations, lr 0.1 halved on plateau.
+    # The reference implementation's procedure, rule by rule (inversion.py; README "Fitting presets").
+    "reference": FitConfig(
+        procedure="reference", first_iterations=10_000, iterations=1_500, lr=0.1, plateau_patience=20,
+        first_plateau_patience=300, lr_floor=0.001, early_stop_patience=0, min_improvement=0.0, alpha=0.8,
+        l1_weight=0.1, pixel_range="signed", quantiser="running", scene_latent="sample", init="uniform", max_batch=1,
+    ),
+    # The reference's iteration budget with our batched procedure: 10,000 / 1,500 iterations.
     "paper": FitConfig(first_iterations=10_000, iterations=1_500, plateau_patience=100, early_stop_patience=0),
     "slow": FitConfig(first_iterations=2_000, iterations=500, plateau_patience=50, early_stop_patience=200),
     "fast": FitConfig(first_iterations=300, iterations=100, plateau_patience=20, early_stop_patience=60),
@@ -56,7 +79,7 @@ class EncodeOptions:
     rank: int | None = None  # force every keyframe's rank
     interval: int | None = None  # force the keyframe interval K
     min_rank: int = 8  # rate control keeps at least this rank while shrinking K
-    preset: str = "fast"  # fitting effort, see encoder.fit.PRESETS
+    preset: str = "fast"  # fitting procedure and effort, see PRESETS
     size: tuple[int, int] | None = None  # coded (W, H); None = short side 512, multiples of 64
     fit_mode: str = "crop"  # crop (the reference) | pad | scale
     fps: Fraction | None = None  # override the source frame rate
@@ -64,7 +87,7 @@ class EncodeOptions:
     scene_detector: str = DEFAULT_DETECTOR  # content | adaptive (PySceneDetect, pixels) | latent (paper A.1)
     cut_threshold: float | None = None  # the detector's threshold; None = its default (encoder/scenes.py)
     latent_format: LatentFormat = LatentFormat.FLOAT16  # storage of scene latents
-    perceptual: str = "lpips"  # lpips | none | lpips-random (tests only: untrained backbone)
+    perceptual: str = "lpips"  # lpips | vgg19 (the reference's) | none | lpips-random, vgg19-random (tests only)
     fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
     verify_record: bool = True  # a ReconThumbnail after each keyframe, so decode --verify can measure drift
 

@@ -117,7 +117,7 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
     started = time.perf_counter()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    perceptual = resolve_perceptual(options.perceptual)
+    perceptual = resolve_perceptual(options.perceptual, options.preset)
     encode_options = EncodeOptions(
         preset=options.preset, size=options.size, fit_mode=options.fit_mode, fps=options.fps, perceptual=perceptual,
         fit_overrides=options.fit_overrides,

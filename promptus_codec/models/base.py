@@ -39,8 +39,9 @@ class GenerationModel(Protocol):
     device: "torch.device"
     dtype: "torch.dtype"
 
-    def encode_image(self, pixels: "torch.Tensor") -> "torch.Tensor":
-        """(B, 3, H, W) in [0, 1] -> (B, C, H/f, W/f) latent, already times the latent scale."""
+    def encode_image(self, pixels: "torch.Tensor", sample: "torch.Generator | None" = None) -> "torch.Tensor":
+        """(B, 3, H, W) in [0, 1] -> (B, C, H/f, W/f) latent, already times the latent scale: the
+        posterior's mean, or a sample drawn with the generator ``sample``."""
 
     def denoise(self, noisy: "torch.Tensor", prompts: "torch.Tensor", timestep: int) -> "torch.Tensor":
         """One denoiser call: (B, C, h, w), (B, m, n) -> (B, C, h, w) raw model output."""

@@ -85,14 +85,16 @@ class SDTurbo:
         self.dtype = dtype
         self._identity = identity
 
-    def encode_image(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def encode_image(self, pixels: "torch.Tensor", sample: "torch.Generator | None" = None) -> "torch.Tensor":
         """(B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8) float32 latent, times 0.18215.
 
-        Uses the posterior *mean*, so a frame always gives the same latent (the reference
-        draws a sample).
+        The posterior's *mean* by default, so a frame always gives the same latent; a sample
+        drawn with the generator ``sample`` as the reference does (--preset reference).
         """
         x = pixels.to(self.device, self.vae.dtype) * 2 - 1  # (B, 3, H, W) in [-1, 1]
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean if sample is None else posterior.sample(generator=sample)
+        return z * self.vae.config.scaling_factor
 
     def denoise(self, noisy: "torch.Tensor", prompts: "torch.Tensor", timestep: int) -> "torch.Tensor":
         """One UNet call: (B, 4, h, w), (B, 77, 1024) -> (B, 4, h, w) predicted noise."""

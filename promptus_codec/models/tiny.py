@@ -137,11 +137,13 @@ class TinyModel(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.unet.conv_in.weight.dtype
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8), posterior mean x latent scale."""
+    def encode_image(self, pixels: torch.Tensor, sample: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8): the posterior's mean, or a sample drawn with
+        the generator ``sample``; times the latent scale."""
         x = pixels.to(self.device, self.dtype) * 2 - 1  # (B, 3, H, W) in [-1, 1]
         posterior = self.vae.encode(x).latent_dist
-        return posterior.mean * self.vae.config.scaling_factor  # (B, 4, H/8, W/8)
+        z = posterior.mean if sample is None else posterior.sample(generator=sample)
+        return z * self.vae.config.scaling_factor  # (B, 4, H/8, W/8)
 
     def denoise(self, noisy: torch.Tensor, prompts: torch.Tensor, timestep: int) -> torch.Tensor:
         """One UNet call: (B, 4, h, w), (B, 77, 1024) -> predicted noise (B, 4, h, w)."""
