@@ -27,9 +27,11 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
 
 test: setup
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-slow: setup
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --runslow
 
 clean:

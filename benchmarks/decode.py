@@ -68,7 +68,9 @@ def build_model(name: str, device: str = "cpu"):
 
     torch.manual_seed(RANDOM_SEED)
     unet, taesd = (build_component(c, device).eval().requires_grad_(False) for c in (UNET, TAESD))
-    digests = (hashlib.sha256(f"random seed {RANDOM_SEED} {part}".encode()).digest() for part in ("unet", "taesd", "vae"))
+    digests = (
+        hashlib.sha256(f"random seed {RANDOM_SEED} {part}".encode()).digest() for part in ("unet", "taesd", "vae")
+    )
     identity = ModelIdentity("sd-arch-random", *digests)
     return SDTurbo(unet, None, taesd, identity, {}, torch.device(device), torch.float32)
 
@@ -86,8 +88,11 @@ def random_inputs(batch: int, size: int):
 
     rng = np.random.default_rng(0)
     latent = (1, 4, size // 8, size // 8)
-    return (rng.standard_normal(latent, dtype=np.float32), rng.standard_normal(latent, dtype=np.float32),
-            rng.standard_normal((batch, 77, 1024), dtype=np.float32))
+    return (
+        rng.standard_normal(latent, dtype=np.float32),
+        rng.standard_normal(latent, dtype=np.float32),
+        rng.standard_normal((batch, 77, 1024), dtype=np.float32),
+    )
 
 
 def make_runtime(spec: dict):
@@ -123,8 +128,13 @@ def worker(spec: dict) -> dict:
         t = time.perf_counter()
         runtime.generate(*inputs)
         times.append(time.perf_counter() - t)
-    return {"seconds_per_call": times, "setup_s": setup, "peak_rss_mb": peak_rss_mb(),
-            "cores_used": (cpu_seconds() - cpu) / sum(times), "torch_imported": "torch" in sys.modules}
+    return {
+        "seconds_per_call": times,
+        "setup_s": setup,
+        "peak_rss_mb": peak_rss_mb(),
+        "cores_used": (cpu_seconds() - cpu) / sum(times),
+        "torch_imported": "torch" in sys.modules,
+    }
 
 
 def cpu_seconds() -> float:
@@ -196,7 +206,8 @@ def matmul_runners(a, b) -> dict:
         return runners
     shape = list(a.shape)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in "ab"],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)],
     )
@@ -213,11 +224,19 @@ def matmul_runners(a, b) -> dict:
 
 def run_subprocess(kind: str, spec: dict, timeout: float) -> dict:
     """Run a worker in a fresh interpreter; {"error": ...} when it fails or times out."""
-    code = f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import decode; " \
-           f"print('RESULT', json.dumps(decode.{kind}(json.loads(sys.argv[1]))))"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import decode; "
+        f"print('RESULT', json.dumps(decode.{kind}(json.loads(sys.argv[1]))))"
+    )
     try:
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        done = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in done.stdout.splitlines():
@@ -229,11 +248,13 @@ def run_subprocess(kind: str, spec: dict, timeout: float) -> dict:
 
 def plan(args) -> list[dict]:
     """The configurations to time, in order: (model, size, backend, batch)."""
-    configs = [("tiny", 128)] * ("tiny" in args.models) + [("sd-arch", size) for size in args.sizes] * ("sd-arch" in args.models)
+    configs = [("tiny", 128)] * ("tiny" in args.models) + [("sd-arch", size) for size in args.sizes] * (
+        "sd-arch" in args.models
+    )
     batches = sorted({1, args.batch})
     jobs = []
     for model, size in configs:
-        for batch in ([1] if args.quick and model == "sd-arch" else batches):
+        for batch in [1] if args.quick and model == "sd-arch" else batches:
             for backend in args.backends:
                 jobs.append({"model": model, "size": size, "backend": backend, "batch": batch})
     return jobs
@@ -266,10 +287,15 @@ def main() -> None:
     gflop = {(m, s): flops_per_frame(m, s) for m, s in {(j["model"], j["size"]) for j in jobs}}
     graphs, export_s = {}, {}
     for model, size in sorted(gflop):
-        wanted = sorted({j["batch"] for j in jobs if (j["model"], j["size"]) == (model, size) and j["backend"] == "onnx-cpu"})
+        wanted = sorted(
+            {j["batch"] for j in jobs if (j["model"], j["size"]) == (model, size) and j["backend"] == "onnx-cpu"}
+        )
         if wanted:
-            got = run_subprocess("export_worker", {"model": model, "size": size, "batches": wanted,
-                                                   "engine_dir": directory}, args.timeout)
+            got = run_subprocess(
+                "export_worker",
+                {"model": model, "size": size, "batches": wanted, "engine_dir": directory},
+                args.timeout,
+            )
             if "error" in got:
                 print(f"export {model} {size}: {got['error']}", flush=True)
                 continue
@@ -280,8 +306,13 @@ def main() -> None:
 
     results = []
     for job in jobs:
-        spec = {**job, "warmup": 2, "min_repeats": 2 if job["model"] != "tiny" else 5,
-                "max_repeats": 50, "min_seconds": args.min_seconds}
+        spec = {
+            **job,
+            "warmup": 2,
+            "min_repeats": 2 if job["model"] != "tiny" else 5,
+            "max_repeats": 50,
+            "min_seconds": args.min_seconds,
+        }
         if job["backend"] == "onnx-cpu":
             spec["graph"] = graphs.get((job["model"], job["size"], job["batch"]))
             if spec["graph"] is None:
@@ -291,16 +322,21 @@ def main() -> None:
         row = {**job, **got}
         if "error" not in got:
             per_frame = min(got["seconds_per_call"]) / job["batch"]
-            row.update(ms_per_frame=per_frame * 1e3, fps=1 / per_frame,
-                       median_ms_per_frame=statistics.median(got["seconds_per_call"]) / job["batch"] * 1e3,
-                       gflops=gflop[(job["model"], job["size"])] / per_frame)
+            row.update(
+                ms_per_frame=per_frame * 1e3,
+                fps=1 / per_frame,
+                median_ms_per_frame=statistics.median(got["seconds_per_call"]) / job["batch"] * 1e3,
+                gflops=gflop[(job["model"], job["size"])] / per_frame,
+            )
         results.append(row)
         print(format_row(row, peak_start), flush=True)
 
     peaks_end = matmul_peaks()
     peak = max(peak_start, *peaks_end.values())
-    print(f"\nfp32 matmul peak: {describe(peaks_start)} at the start, {describe(peaks_end)} at the end "
-          f"(load average {load_start:.2f} -> {os.getloadavg()[0]:.2f}); % of peak uses the best, {peak:.0f}")
+    print(
+        f"\nfp32 matmul peak: {describe(peaks_start)} at the start, {describe(peaks_end)} at the end "
+        f"(load average {load_start:.2f} -> {os.getloadavg()[0]:.2f}); % of peak uses the best, {peak:.0f}"
+    )
     for (model, size), g in sorted(gflop.items()):
         print(f"{model} {size}x{size}: {g:.1f} GFLOP/frame -> floor {g / peak * 1e3:.0f} ms/frame at peak")
     print()
@@ -308,13 +344,21 @@ def main() -> None:
     for row in results:
         print(format_row(row, peak))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "matmul_gflops": {"start": peaks_start, "end": peaks_end},
-                    "load_average": [load_start, os.getloadavg()[0]]},
-        "gflop_per_frame": {f"{m} {s}": g for (m, s), g in gflop.items()},
-        "export_s": export_s,
-        "results": results,
-    }, indent=1))
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "matmul_gflops": {"start": peaks_start, "end": peaks_end},
+                    "load_average": [load_start, os.getloadavg()[0]],
+                },
+                "gflop_per_frame": {f"{m} {s}": g for (m, s), g in gflop.items()},
+                "export_s": export_s,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwrote {args.json}")
 
 
@@ -322,17 +366,21 @@ def describe(peaks: dict[str, float]) -> str:
     return ", ".join(f"{name} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items())
 
 
-HEADER = (f"{'model':<8} {'size':>4} {'backend':<14} {'batch':>5} {'ms/frame':>9} {'frames/s':>8} "
-          f"{'GFLOP/s':>8} {'% peak':>6} {'peak RSS MB':>11} {'setup s':>7} {'cores':>5}")
+HEADER = (
+    f"{'model':<8} {'size':>4} {'backend':<14} {'batch':>5} {'ms/frame':>9} {'frames/s':>8} "
+    f"{'GFLOP/s':>8} {'% peak':>6} {'peak RSS MB':>11} {'setup s':>7} {'cores':>5}"
+)
 
 
 def format_row(row: dict, peak: float) -> str:
     head = f"{row['model']:<8} {row['size']:>4} {row['backend']:<14} {row['batch']:>5}"
     if "error" in row:
         return f"{head}  failed: {row['error']}"
-    return (f"{head} {row['ms_per_frame']:>9.1f} {row['fps']:>8.2f} {row['gflops']:>8.1f} "
-            f"{row['gflops'] / peak * 100:>5.0f}% {row['peak_rss_mb']:>11.0f} {row['setup_s']:>7.1f} "
-            f"{row['cores_used']:>5.2f}")
+    return (
+        f"{head} {row['ms_per_frame']:>9.1f} {row['fps']:>8.2f} {row['gflops']:>8.1f} "
+        f"{row['gflops'] / peak * 100:>5.0f}% {row['peak_rss_mb']:>11.0f} {row['setup_s']:>7.1f} "
+        f"{row['cores_used']:>5.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, generator in generators.items():
             best[name] = min(best[name], one_round(generator, args.size, args.interval, args.iterations))
-    print(f"fitting iteration, {args.size}x{args.size}, K = {args.interval}, float32, {torch.get_num_threads()} threads:")
+    print(
+        f"fitting iteration, {args.size}x{args.size}, K = {args.interval}, float32, {torch.get_num_threads()} threads:"
+    )
     for name in names:
         print(f"  {name:>6}: {best[name] * 1000:7.1f} ms  ({best[name] / best[names[0]]:.2f}x {names[0]})")
     return 0

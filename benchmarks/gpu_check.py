@@ -65,7 +65,7 @@ from promptus_codec.container.records import ModelIdentity  # noqa: E402
 from promptus_codec.decoder.driver import decode_frames  # noqa: E402
 from promptus_codec.decoder.torch_runtime import TorchRuntime  # noqa: E402
 from promptus_codec.encoder.encode import EncodeOptions, Encoder, analyse  # noqa: E402
-from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
+from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe  # noqa: E402
 from promptus_codec.encoder.options import PRESETS  # noqa: E402
 from promptus_codec.generate import GenerationStep, initial_noise_tensor  # noqa: E402
 from promptus_codec.media.readers import VideoSource  # noqa: E402
@@ -197,7 +197,9 @@ def sd_arch_on(parts, device: torch.device, dtype: torch.dtype, seed: int):
     from promptus_codec.models.sd_turbo import SDTurbo
 
     unet, vae, taesd = (copy.deepcopy(p) for p in parts)
-    digests = (hashlib.sha256(f"sd-arch random seed {seed} {part}".encode()).digest() for part in ("unet", "taesd", "vae"))
+    digests = (
+        hashlib.sha256(f"sd-arch random seed {seed} {part}".encode()).digest() for part in ("unet", "taesd", "vae")
+    )
     identity = ModelIdentity("sd-arch-random", *digests)
     return SDTurbo(unet.to(device, dtype), vae.to(device), taesd.to(device, dtype), identity, {}, device, dtype)
 
@@ -285,7 +287,11 @@ def step_inputs(batch: int, size: int, device: torch.device, seed: int = 0):
     """z_prev, noise (1, 4, size/8, size/8) and prompts (batch, 77, 1024), float32, seeded."""
     g = torch.Generator().manual_seed(seed)
     latent = (1, 4, size // 8, size // 8)
-    tensors = (torch.randn(latent, generator=g), torch.randn(latent, generator=g), torch.randn(batch, 77, 1024, generator=g))
+    tensors = (
+        torch.randn(latent, generator=g),
+        torch.randn(latent, generator=g),
+        torch.randn(batch, 77, 1024, generator=g),
+    )
     return tuple(t.to(device) for t in tensors)
 
 
@@ -314,8 +320,10 @@ class Run:
     def check_dtype(self, dtype: str) -> None:
         """On the CPU fp16 runs only when --dtype names it: it has no fast CPU kernels."""
         if dtype == "fp16" and not self.device.cuda and not self.args.dtype_given:
-            raise Skip("fp16 on CPU is slow (here a 1024² matmul ran at 1 GFLOP/s, a fitting iteration of tiny "
-                       "at 64² took 9 s): name it in --dtype to run it")
+            raise Skip(
+                "fp16 on CPU is slow (here a 1024² matmul ran at 1 GFLOP/s, a fitting iteration of tiny "
+                "at 64² took 9 s): name it in --dtype to run it"
+            )
 
     def compile_fits(self) -> bool:
         """Whether one more compile, as long as the longest so far, stays inside --compile-budget."""
@@ -332,8 +340,12 @@ class Run:
             result = {**labels, "status": "skipped", "reason": str(why)}
         except Exception as exc:  # a GPU run is rare: record the failure and go on
             self.device.free()
-            result = {**labels, "status": "failed", "reason": " ".join(f"{type(exc).__name__}: {exc}".split())[:300],
-                      "traceback": traceback.format_exc(limit=-4)[-2000:]}
+            result = {
+                **labels,
+                "status": "failed",
+                "reason": " ".join(f"{type(exc).__name__}: {exc}".split())[:300],
+                "traceback": traceback.format_exc(limit=-4)[-2000:],
+            }
         if result["status"] != "measured":
             self.skipped.append(f"{section} {' '.join(str(v) for v in labels.values())}: {result['reason']}")
         print(f"[{self.budget.elapsed():6.1f} s] {section:<12} {describe_row(result)}", flush=True)
@@ -367,7 +379,9 @@ def describe_row(row: dict) -> str:
     if row["status"] != "measured":
         return f"{labels}: {row['status']}: {row['reason']}"
     shown = {k: v for k, v in row.items() if isinstance(v, (int, float, bool)) and k not in ("size", "batch")}
-    return f"{labels}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(shown.items())[:7])
+    return f"{labels}: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(shown.items())[:7]
+    )
 
 
 def finite(value):
@@ -387,10 +401,16 @@ def finite(value):
 
 def machine(device: Device) -> dict:
     """What the figures were measured on."""
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device.torch),
-            "peak_memory": "torch.cuda.max_memory_allocated per row" if device.cuda else
-                           "process RSS high-water mark so far (ru_maxrss), not per row"}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device.torch),
+        "peak_memory": "torch.cuda.max_memory_allocated per row"
+        if device.cuda
+        else "process RSS high-water mark so far (ru_maxrss), not per row",
+    }
     try:
         import diffusers
 
@@ -399,10 +419,16 @@ def machine(device: Device) -> dict:
         pass
     if device.cuda:
         props = torch.cuda.get_device_properties(device.torch)
-        info.update(gpu=props.name, sms=props.multi_processor_count, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                    cudnn_benchmark=torch.backends.cudnn.benchmark)
+        info.update(
+            gpu=props.name,
+            sms=props.multi_processor_count,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+        )
     return info
 
 
@@ -416,6 +442,7 @@ def matmul_peak(run: Run) -> list[dict]:
     n = run.args.matmul_n or (8192 if run.device.cuda else 1024)
     results = []
     for name in run.args.dtype:
+
         def measure(name=name):
             run.check_dtype(name)
             dtype = resolve_dtype(name)
@@ -464,11 +491,19 @@ def decode_step(run: Run, model: str, dtype: str, size: int, batch: int, mode: s
     device = run.device
     run.check_dtype(dtype)
     if mode != "eager" and not device.cuda:
-        raise Skip(f"{mode} is measured on CUDA only" + ("" if mode == "cuda-graph" else
-                   " (on CPU torch.compile takes minutes per shape: benchmarks/decode.py measures it)"))
+        raise Skip(
+            f"{mode} is measured on CUDA only"
+            + (
+                ""
+                if mode == "cuda-graph"
+                else " (on CPU torch.compile takes minutes per shape: benchmarks/decode.py measures it)"
+            )
+        )
     if mode == "compile" and not run.compile_fits():
-        raise Skip(f"torch.compile budget: {sum(run.compile_s):.0f} of {run.args.compile_budget:.0f} s spent, "
-                   f"the longest compile took {max(run.compile_s):.0f} s")
+        raise Skip(
+            f"torch.compile budget: {sum(run.compile_s):.0f} of {run.args.compile_budget:.0f} s spent, "
+            f"the longest compile took {max(run.compile_s):.0f} s"
+        )
     if mode == "cuda-graph" and run.graph_broken:
         raise Skip(f"an earlier CUDA-graph capture failed: {run.graph_broken}")
     net = run.models.get(model, device.torch, resolve_dtype(dtype))
@@ -492,9 +527,17 @@ def decode_step(run: Run, model: str, dtype: str, size: int, batch: int, mode: s
     flops = run.flops[(model, size)] * batch
     roof = peak_tflops(run, dtype)
     tflops = flops / seconds / 1e12
-    return {"ms_per_frame": seconds * 1e3 / batch, "frames_per_s": batch / seconds, "gflop_per_frame": flops / batch / 1e9,
-            "tflops": tflops, "pct_of_matmul_peak": None if roof is None else 100 * tflops / roof,
-            "peak_mem_mb": peak, "calls": calls, "output_finite": finite_out, **extra}
+    return {
+        "ms_per_frame": seconds * 1e3 / batch,
+        "frames_per_s": batch / seconds,
+        "gflop_per_frame": flops / batch / 1e9,
+        "tflops": tflops,
+        "pct_of_matmul_peak": None if roof is None else 100 * tflops / roof,
+        "peak_mem_mb": peak,
+        "calls": calls,
+        "output_finite": finite_out,
+        **extra,
+    }
 
 
 class DeviceTimestep:
@@ -552,7 +595,9 @@ def graph_step(run: Run, generator: GenerationStep, inputs):
         run.graph_broken = f"{type(exc).__name__}: {exc}"[:300]
         raise
     graph.replay()
-    facts["max_abs_diff_vs_eager"] = max((latents - eager_latents).abs().max().item(), (images - eager_images).abs().max().item())
+    facts["max_abs_diff_vs_eager"] = max(
+        (latents - eager_latents).abs().max().item(), (images - eager_images).abs().max().item()
+    )
 
     def replay():
         graph.replay()
@@ -587,8 +632,18 @@ def encode_step(run: Run) -> list[dict]:
     for name in run.models.names:
         for dtype in run.args.dtype:
             kind = f"encode_step {name}"
-            results.append(run.row("encode_step", kind, 10, lambda name=name, dtype=dtype: fit_check(run, name, dtype),
-                                   model=name, dtype=dtype, size=run.args.encode_size, batch=run.args.frames))
+            results.append(
+                run.row(
+                    "encode_step",
+                    kind,
+                    10,
+                    lambda name=name, dtype=dtype: fit_check(run, name, dtype),
+                    model=name,
+                    dtype=dtype,
+                    size=run.args.encode_size,
+                    batch=run.args.frames,
+                )
+            )
     return results
 
 
@@ -642,14 +697,21 @@ def fit_check(run: Run, name: str, dtype: str) -> dict:
     if len(stamps) < 4 and stopped is None:
         raise Skip(f"{len(stamps)} iterations ran: need at least 4 to time one")
     steps = np.diff(stamps)[2:] if len(stamps) >= 4 else np.zeros(0)  # the first iterations warm up
-    return {"iterations": len(losses), "ms_per_iteration": float(np.median(steps)) * 1e3 if len(steps) else None,
-            "frames_per_pass": a.frames + 1, "peak_mem_mb": peak,
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "loss_min": min(losses) if losses else None,
-            "losses_finite": bool(losses) and all(math.isfinite(v) for v in losses),
-            "grads_finite": bool(np.isfinite(norms).all()), "grad_norm_min": float(norms.min()) if len(norms) else None,
-            "grad_norm_max": float(norms.max()) if len(norms) else None, "zero_grad_steps": int((norms == 0).sum()),
-            "stopped_by": stopped}
+    return {
+        "iterations": len(losses),
+        "ms_per_iteration": float(np.median(steps)) * 1e3 if len(steps) else None,
+        "frames_per_pass": a.frames + 1,
+        "peak_mem_mb": peak,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_min": min(losses) if losses else None,
+        "losses_finite": bool(losses) and all(math.isfinite(v) for v in losses),
+        "grads_finite": bool(np.isfinite(norms).all()),
+        "grad_norm_min": float(norms.min()) if len(norms) else None,
+        "grad_norm_max": float(norms.max()) if len(norms) else None,
+        "zero_grad_steps": int((norms == 0).sum()),
+        "stopped_by": stopped,
+    }
 
 
 class MemoryVideo:
@@ -702,8 +764,17 @@ def decode_stream(path: Path, model) -> tuple[np.ndarray, np.ndarray]:
 def encode_clip(run: Run) -> list[dict]:
     results = []
     for name in run.models.names:
-        results.append(run.row("encode_clip", f"encode_clip {name}", 20, lambda name=name: clip(run, name),
-                               model=name, dtype=run.args.clip_dtype, size=run.args.clip_size))
+        results.append(
+            run.row(
+                "encode_clip",
+                f"encode_clip {name}",
+                20,
+                lambda name=name: clip(run, name),
+                model=name,
+                dtype=run.args.clip_dtype,
+                size=run.args.clip_size,
+            )
+        )
     return results
 
 
@@ -714,9 +785,22 @@ def clip(run: Run, name: str) -> dict:
     frames = synthetic_frames(a.clip_frames, a.clip_size)
     video = MemoryVideo(frames, Fraction(a.clip_frames))  # 1 s
     # one scene (no cut detection: random weights would cut anywhere), rank and K forced, MSE only
-    fewer = () if a.clip_iterations is None else (("first_iterations", a.clip_iterations), ("iterations", a.clip_iterations))
-    options = EncodeOptions(rank=RANK, interval=a.frames, preset="draft", size=(a.clip_size, a.clip_size), refresh_s=0,
-                            scene_detector="latent", cut_threshold=1e9, perceptual="none", fit_overrides=fewer)
+    fewer = (
+        ()
+        if a.clip_iterations is None
+        else (("first_iterations", a.clip_iterations), ("iterations", a.clip_iterations))
+    )
+    options = EncodeOptions(
+        rank=RANK,
+        interval=a.frames,
+        preset="draft",
+        size=(a.clip_size, a.clip_size),
+        refresh_s=0,
+        scene_detector="latent",
+        cut_threshold=1e9,
+        perceptual="none",
+        fit_overrides=fewer,
+    )
     encoder = Encoder(model, options, recon=FrameList())
     device.reset_peak()
     started = time.perf_counter()
@@ -731,11 +815,21 @@ def clip(run: Run, name: str) -> dict:
     run.streams[name] = path
     recon = np.stack(encoder.recon)
     fit = options.fit_config()
-    return {"frames": report.frames, "keyframes": report.keyframes, "interval": report.interval, "rank": RANK,
-            "fit_iterations": [fit.first_iterations, fit.iterations],
-            "bytes": report.bytes, "kbps": report.achieved_kbps, "analyse_s": analysed - started,
-            "encode_s": encoded - analysed, "decode_s": decode_s, "mean_psnr_db": report.mean_psnr_db,
-            "peak_mem_mb": peak, "decode_equals_recon": bool(np.array_equal(decoded, recon))}
+    return {
+        "frames": report.frames,
+        "keyframes": report.keyframes,
+        "interval": report.interval,
+        "rank": RANK,
+        "fit_iterations": [fit.first_iterations, fit.iterations],
+        "bytes": report.bytes,
+        "kbps": report.achieved_kbps,
+        "analyse_s": analysed - started,
+        "encode_s": encoded - analysed,
+        "decode_s": decode_s,
+        "mean_psnr_db": report.mean_psnr_db,
+        "peak_mem_mb": peak,
+        "decode_equals_recon": bool(np.array_equal(decoded, recon)),
+    }
 
 
 def drift_targets(run: Run) -> list[tuple[str, str]]:
@@ -745,9 +839,19 @@ def drift_targets(run: Run) -> list[tuple[str, str]]:
 
 
 def drift(run: Run) -> list[dict]:
-    return [run.row("drift", f"drift {name}", 20, lambda n=name, w=where, d=dtype: drift_one(run, n, w, d),
-                    model=name, target=f"{where} {dtype}", size=run.args.clip_size)
-            for name in run.models.names for where, dtype in drift_targets(run)]
+    return [
+        run.row(
+            "drift",
+            f"drift {name}",
+            20,
+            lambda n=name, w=where, d=dtype: drift_one(run, n, w, d),
+            model=name,
+            target=f"{where} {dtype}",
+            size=run.args.clip_size,
+        )
+        for name in run.models.names
+        for where, dtype in drift_targets(run)
+    ]
 
 
 def clip_stream(run: Run, name: str) -> Path:
@@ -766,18 +870,36 @@ def drift_one(run: Run, name: str, where: str, dtype: str) -> dict:
     ref_frames, ref_chain = run.references[name]
     frames, chain = decode_stream(path, run.models.get(name, torch.device(where), resolve_dtype(dtype)))
     per_frame = [psnr(r, f) for r, f in zip(ref_frames, frames)]
-    chain_error = np.abs(chain - ref_chain).reshape(len(chain), -1).max(1) / np.abs(ref_chain).reshape(len(chain), -1).max(1)
-    return {"frames": len(frames), "psnr_db_per_frame": per_frame, "psnr_db_min": min(per_frame),
-            "psnr_db_mean": float(np.mean(per_frame)), "psnr_db_last_frame": per_frame[-1],
-            "identical_frames": sum(p == PSNR_CAP_DB for p in per_frame),
-            "max_level_diff": int(np.abs(frames.astype(np.int16) - ref_frames).max()),
-            "chain_rel_error": chain_error.tolist(), "chain_rel_error_last": float(chain_error[-1])}
+    chain_error = np.abs(chain - ref_chain).reshape(len(chain), -1).max(1) / np.abs(ref_chain).reshape(
+        len(chain), -1
+    ).max(1)
+    return {
+        "frames": len(frames),
+        "psnr_db_per_frame": per_frame,
+        "psnr_db_min": min(per_frame),
+        "psnr_db_mean": float(np.mean(per_frame)),
+        "psnr_db_last_frame": per_frame[-1],
+        "identical_frames": sum(p == PSNR_CAP_DB for p in per_frame),
+        "max_level_diff": int(np.abs(frames.astype(np.int16) - ref_frames).max()),
+        "chain_rel_error": chain_error.tolist(),
+        "chain_rel_error_last": float(chain_error[-1]),
+    }
 
 
 def determinism(run: Run) -> list[dict]:
-    return [run.row("determinism", f"determinism {name}", 10, lambda n=name, d=dtype: twice(run, n, d),
-                    model=name, dtype=dtype, size=run.args.clip_size)
-            for name in run.models.names for dtype in dict.fromkeys([run.args.clip_dtype, "fp32"])]
+    return [
+        run.row(
+            "determinism",
+            f"determinism {name}",
+            10,
+            lambda n=name, d=dtype: twice(run, n, d),
+            model=name,
+            dtype=dtype,
+            size=run.args.clip_size,
+        )
+        for name in run.models.names
+        for dtype in dict.fromkeys([run.args.clip_dtype, "fp32"])
+    ]
 
 
 def twice(run: Run, name: str, dtype: str) -> dict:
@@ -785,9 +907,13 @@ def twice(run: Run, name: str, dtype: str) -> dict:
     path = clip_stream(run, name)
     model = run.models.get(name, run.device.torch, resolve_dtype(dtype, run.device.torch))
     (f1, c1), (f2, c2) = (decode_stream(path, model) for _ in range(2))
-    return {"device": str(run.device.torch), "frames": len(f1), "identical_frames": bool(f1.tobytes() == f2.tobytes()),
-            "identical_latents": bool(c1.tobytes() == c2.tobytes()),
-            "frames_differing": int((f1 != f2).reshape(len(f1), -1).any(1).sum())}
+    return {
+        "device": str(run.device.torch),
+        "frames": len(f1),
+        "identical_frames": bool(f1.tobytes() == f2.tobytes()),
+        "identical_latents": bool(c1.tobytes() == c2.tobytes()),
+        "frames_differing": int((f1 != f2).reshape(len(f1), -1).any(1).sum()),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -799,8 +925,13 @@ def markdown(report: dict) -> str:
     """A short human summary of report.json."""
     meta, sections = report["meta"], report["sections"]
     gpu = f"{meta.get('gpu', meta['device'])}, torch {meta['torch']}"
-    lines = [f"# GPU check: {gpu}", "", f"{meta['elapsed_s']} s of a {meta['budget_s']} s budget. "
-             "sd-arch = SD-Turbo architecture with random weights. Peak memory: " + meta["peak_memory"] + ".", ""]
+    lines = [
+        f"# GPU check: {gpu}",
+        "",
+        f"{meta['elapsed_s']} s of a {meta['budget_s']} s budget. "
+        "sd-arch = SD-Turbo architecture with random weights. Peak memory: " + meta["peak_memory"] + ".",
+        "",
+    ]
     for name in SECTIONS:
         entry = sections.get(name)
         if entry is None:
@@ -821,14 +952,55 @@ def markdown(report: dict) -> str:
 
 COLUMNS = {
     "matmul_peak": ("dtype", "n", "tflops"),
-    "decode": ("model", "size", "batch", "dtype", "mode", "ms_per_frame", "frames_per_s", "tflops", "pct_of_matmul_peak",
-               "peak_mem_mb", "compile_s"),
-    "encode_step": ("model", "dtype", "size", "batch", "ms_per_iteration", "peak_mem_mb", "losses_finite", "grads_finite",
-                    "zero_grad_steps", "loss_first", "loss_last", "stopped_by"),
-    "encode_clip": ("model", "dtype", "size", "frames", "keyframes", "kbps", "encode_s", "decode_s", "peak_mem_mb",
-                    "decode_equals_recon"),
-    "drift": ("model", "target", "size", "psnr_db_min", "psnr_db_mean", "psnr_db_last_frame", "max_level_diff",
-              "chain_rel_error_last"),
+    "decode": (
+        "model",
+        "size",
+        "batch",
+        "dtype",
+        "mode",
+        "ms_per_frame",
+        "frames_per_s",
+        "tflops",
+        "pct_of_matmul_peak",
+        "peak_mem_mb",
+        "compile_s",
+    ),
+    "encode_step": (
+        "model",
+        "dtype",
+        "size",
+        "batch",
+        "ms_per_iteration",
+        "peak_mem_mb",
+        "losses_finite",
+        "grads_finite",
+        "zero_grad_steps",
+        "loss_first",
+        "loss_last",
+        "stopped_by",
+    ),
+    "encode_clip": (
+        "model",
+        "dtype",
+        "size",
+        "frames",
+        "keyframes",
+        "kbps",
+        "encode_s",
+        "decode_s",
+        "peak_mem_mb",
+        "decode_equals_recon",
+    ),
+    "drift": (
+        "model",
+        "target",
+        "size",
+        "psnr_db_min",
+        "psnr_db_mean",
+        "psnr_db_last_frame",
+        "max_level_diff",
+        "chain_rel_error_last",
+    ),
     "determinism": ("model", "dtype", "device", "identical_frames", "identical_latents", "frames_differing"),
 }
 
@@ -843,8 +1015,11 @@ def table(section: str, rows: list[dict]) -> list[str]:
             return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
         return str(v)
 
-    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows] + [""])
+    return (
+        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+        + [""]
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -863,28 +1038,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if bad or not names:
                 raise argparse.ArgumentTypeError(f"{','.join(bad) or text!r}: choose from {','.join(allowed)}")
             return names
+
         return parse
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", required=True, help="folder for report.json and report.md")
     p.add_argument("--model", type=choices(MODELS), default=list(MODELS), help="comma-separated: sd-arch,tiny,mini")
     p.add_argument("--size", type=ints, default=[512, 256], help="decode sizes (square, multiples of 64)")
     p.add_argument("--batch", type=ints, default=[1, 10], help="decode batch sizes")
-    p.add_argument("--dtype", type=choices(DTYPES), help="fp16,bf16,fp32 (the default; on CPU fp16 is skipped unless given)")
+    p.add_argument(
+        "--dtype", type=choices(DTYPES), help="fp16,bf16,fp32 (the default; on CPU fp16 is skipped unless given)"
+    )
     p.add_argument("--modes", type=choices(MODES), default=list(MODES), help="eager,cuda-graph,compile")
     p.add_argument("--frames", type=int, default=10, help="K: frames per fitting pass and the clip's keyframe interval")
     p.add_argument("--iterations", type=int, help="fitting iterations per dtype in encode_step (default 50; 10 on CPU)")
     p.add_argument("--encode-size", type=int, help="encode_step size (default: the largest --size)")
-    p.add_argument("--clip-size", type=int, help="encode_clip / drift / determinism size (default: the smallest --size)")
+    p.add_argument(
+        "--clip-size", type=int, help="encode_clip / drift / determinism size (default: the smallest --size)"
+    )
     p.add_argument("--clip-frames", type=int, default=30, help="frames of the 1-second clip (its frame rate)")
     p.add_argument("--clip-dtype", default="auto", help="dtype of the clip encode (auto: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--clip-iterations", type=int,
-                   help="fitting iterations per keyframe of the clip (default: the draft preset's 40 / 15; 3 on CPU)")
+    p.add_argument(
+        "--clip-iterations",
+        type=int,
+        help="fitting iterations per keyframe of the clip (default: the draft preset's 40 / 15; 3 on CPU)",
+    )
     p.add_argument("--budget", type=float, default=420, help="seconds for the whole run")
     p.add_argument("--compile-budget", type=float, default=180, help="seconds of torch.compile at most")
-    p.add_argument("--min-time", type=float, default=None, help="seconds timed per decode row (default 0.5 on CUDA, 0.3 on CPU)")
-    p.add_argument("--matmul-n", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA, 1024 on CPU)")
+    p.add_argument(
+        "--min-time", type=float, default=None, help="seconds timed per decode row (default 0.5 on CUDA, 0.3 on CPU)"
+    )
+    p.add_argument(
+        "--matmul-n", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA, 1024 on CPU)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of sd-arch's random weights and the inputs")
     args = p.parse_args(argv)
     args.dtype_given, args.dtype = args.dtype is not None, args.dtype or list(DTYPES)
@@ -911,15 +1100,27 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device, budget = Device(args.device), Budget(args.budget)
     run = Run(args, device, Models(args.model, args.seed), budget)
-    run.report = {"meta": {**machine(device), "budget_s": args.budget, "compile_budget_s": args.compile_budget,
-                           "argv": sys.argv[1:] if argv is None else list(argv)}, "sections": {}}
+    run.report = {
+        "meta": {
+            **machine(device),
+            "budget_s": args.budget,
+            "compile_budget_s": args.compile_budget,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+        },
+        "sections": {},
+    }
     scale = args.budget / 420
     first_modes = tuple(m for m in args.modes if m != "compile")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as streams:
         run.streams_dir = streams
-        for name, work in (("matmul_peak", lambda: matmul_peak(run)), ("decode", lambda: decode(run, first_modes)),
-                           ("encode_step", lambda: encode_step(run)), ("encode_clip", lambda: encode_clip(run)),
-                           ("drift", lambda: drift(run)), ("determinism", lambda: determinism(run))):
+        for name, work in (
+            ("matmul_peak", lambda: matmul_peak(run)),
+            ("decode", lambda: decode(run, first_modes)),
+            ("encode_step", lambda: encode_step(run)),
+            ("encode_clip", lambda: encode_clip(run)),
+            ("drift", lambda: drift(run)),
+            ("determinism", lambda: determinism(run)),
+        ):
             budget.open_section(SHARES[name] * scale)
             run.section(name, work())
         if "compile" in args.modes:  # last: whatever time is left, at most --compile-budget

@@ -59,7 +59,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stream", type=Path, help="a .prx stream (default: encode one)")
-    parser.add_argument("--frames", type=int, default=60, help="frames of the synthetic clip, when sky_512.mp4 is absent")
+    parser.add_argument(
+        "--frames", type=int, default=60, help="frames of the synthetic clip, when sky_512.mp4 is absent"
+    )
     parser.add_argument("--batch", type=int, default=16, help="decode --batch: frames per generation call")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -92,18 +94,23 @@ def main() -> None:
 
     rows = []
     for index, (a, b) in enumerate(zip(torch_frames, onnx_frames)):
-        rows.append({"frame": index, "max_abs_diff": int(np.abs(a.astype(int) - b.astype(int)).max()),
-                     "psnr_db": psnr(a, b)})
-    print(f"\n{len(rows)} frames, {size[0]}x{size[1]}, onnx graph batches {sorted(graphs)}, decode --batch {args.batch}")
+        rows.append(
+            {"frame": index, "max_abs_diff": int(np.abs(a.astype(int) - b.astype(int)).max()), "psnr_db": psnr(a, b)}
+        )
+    print(
+        f"\n{len(rows)} frames, {size[0]}x{size[1]}, onnx graph batches {sorted(graphs)}, decode --batch {args.batch}"
+    )
     print(f"{'frame':>5} {'max|diff|':>9} {'PSNR dB':>8}")
     for row in rows:
         mark = " keyframe" if row["frame"] in keyframes else ""
         print(f"{row['frame']:>5} {row['max_abs_diff']:>9} {row['psnr_db']:>8.2f}{mark}")
     finite = [r["psnr_db"] for r in rows if np.isfinite(r["psnr_db"])]
     whole = psnr(torch_frames, onnx_frames)
-    print(f"\nwhole clip: max |diff| {max(r['max_abs_diff'] for r in rows)} levels, PSNR {whole:.2f} dB; "
-          f"per frame PSNR min {min(finite, default=float('inf')):.2f} dB, "
-          f"first 10 frames mean {np.mean(finite[:10]):.2f} dB, last 10 mean {np.mean(finite[-10:]):.2f} dB")
+    print(
+        f"\nwhole clip: max |diff| {max(r['max_abs_diff'] for r in rows)} levels, PSNR {whole:.2f} dB; "
+        f"per frame PSNR min {min(finite, default=float('inf')):.2f} dB, "
+        f"first 10 frames mean {np.mean(finite[:10]):.2f} dB, last 10 mean {np.mean(finite[-10:]):.2f} dB"
+    )
     if args.json:
         args.json.write_text(json.dumps({"frames": rows, "psnr_db": whole}, indent=1))
 

@@ -109,8 +109,10 @@ def main() -> int:
         decoded, keyframes = decode(args.stream, runtime, ablate)
         result[name] = scores(reference[: len(decoded)], decoded, keyframes)
         r = result[name]
-        print(f"{name:>24}: PSNR-Y all {r['psnr_y_all']:.2f} dB, keyframes {r['psnr_y_keyframes']:.2f} dB, "
-              f"worst {r['psnr_y_worst']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}")
+        print(
+            f"{name:>24}: PSNR-Y all {r['psnr_y_all']:.2f} dB, keyframes {r['psnr_y_keyframes']:.2f} dB, "
+            f"worst {r['psnr_y_worst']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}"
+        )
     loss = result["as_coded"]["psnr_y_all"] - result["first_keyframe_factors"]["psnr_y_all"]
     print(f"replacing the factors loses {loss:.2f} dB PSNR-Y over all frames")
     if args.json:

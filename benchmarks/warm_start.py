@@ -60,16 +60,27 @@ def main() -> None:
     def fit(targets, z_prev, frame, previous, warm):
         losses = []
         start = time.perf_counter()
-        task = FitTask(frames_to_tensor(targets, "cpu"), torch.from_numpy(z_prev), noise_t, frame_index=frame,
-                       rank=args.rank, previous=previous, start=warm)
-        result = fit_keyframe(runtime.generator, task, config, perceptual, on_step=lambda step, value, best: losses.append(best))
+        task = FitTask(
+            frames_to_tensor(targets, "cpu"),
+            torch.from_numpy(z_prev),
+            noise_t,
+            frame_index=frame,
+            rank=args.rank,
+            previous=previous,
+            start=warm,
+        )
+        result = fit_keyframe(
+            runtime.generator, task, config, perceptual, on_step=lambda step, value, best: losses.append(best)
+        )
         return result, losses, time.perf_counter() - start
 
     def as_torch(f):
         return Factors(f.frame_index, torch.from_numpy(f.u), torch.from_numpy(f.v))
 
     def record(frame, r):
-        return KeyframeRecord(frame, args.rank, QuantScheme.AFFINE_INT8, r.u_scale, r.u_zero_point, r.v_scale, r.v_zero_point, r.u, r.v)
+        return KeyframeRecord(
+            frame, args.rank, QuantScheme.AFFINE_INT8, r.u_scale, r.u_zero_point, r.v_scale, r.v_zero_point, r.u, r.v
+        )
 
     with torch.inference_mode():
         z_prev = model.encode_image(frames_to_tensor(frames[:1], "cpu")).numpy()
@@ -83,18 +94,37 @@ def main() -> None:
         cold, cold_curve, cold_s = fit(targets, z_prev, frame, as_torch(previous), None)
         warm, warm_curve, warm_s = fit(targets, z_prev, frame, as_torch(previous), as_torch(previous))
         reach = next((n + 1 for n, loss in enumerate(warm_curve) if loss <= cold.best_loss), None)
-        rows.append(dict(keyframe=frame, cold_best=cold.best_loss, warm_best=warm.best_loss, cold_start=cold.initial_loss,
-                         warm_start=warm.initial_loss, warm_iterations_to_cold_best=reach, iterations=args.iterations,
-                         cold_s=cold_s, warm_s=warm_s))
+        rows.append(
+            dict(
+                keyframe=frame,
+                cold_best=cold.best_loss,
+                warm_best=warm.best_loss,
+                cold_start=cold.initial_loss,
+                warm_start=warm.initial_loss,
+                warm_iterations_to_cold_best=reach,
+                iterations=args.iterations,
+                cold_s=cold_s,
+                warm_s=warm_s,
+            )
+        )
         factors = dequantized_factors(record(frame, warm))
         z_prev = decode_interval(runtime, z_prev, noise, previous, factors).next_latent
         previous = factors
 
-    print(f"tiny model, {args.size}x{args.size}, rank {args.rank}, K {args.interval}, {args.iterations} iterations, MSE loss, {Path(args.clip).name}")
-    print(f"{'keyframe':>8} {'cold start':>11} {'cold best':>10} {'warm start':>11} {'warm best':>10} {'warm its to cold best':>22}")
+    print(
+        f"tiny model, {args.size}x{args.size}, rank {args.rank}, K {args.interval}, {args.iterations} iterations, "
+        f"MSE loss, {Path(args.clip).name}"
+    )
+    print(
+        f"{'keyframe':>8} {'cold start':>11} {'cold best':>10} {'warm start':>11} {'warm best':>10} "
+        f"{'warm its to cold best':>22}"
+    )
     for r in rows:
-        print(f"{r['keyframe']:>8} {r['cold_start']:>11.5f} {r['cold_best']:>10.5f} {r['warm_start']:>11.5f} {r['warm_best']:>10.5f} "
-              f"{str(r['warm_iterations_to_cold_best']):>22}")
+        print(
+            f"{r['keyframe']:>8} {r['cold_start']:>11.5f} {r['cold_best']:>10.5f} "
+            f"{r['warm_start']:>11.5f} {r['warm_best']:>10.5f} "
+            f"{str(r['warm_iterations_to_cold_best']):>22}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -137,7 +137,9 @@ def make_header(
     )
 
 
-def scene(header: FileHeader, first_frame: int, fmt: LatentFormat = LatentFormat.FLOAT32, scale: float = 1.0) -> SceneRecord:
+def scene(
+    header: FileHeader, first_frame: int, fmt: LatentFormat = LatentFormat.FLOAT32, scale: float = 1.0
+) -> SceneRecord:
     latent = det_latent(f"latent/{first_frame}/{fmt.name}", header.latent_shape, fmt)
     return SceneRecord(first_frame, fmt, scale, latent)
 
@@ -168,16 +170,26 @@ def quality(first_frame: int, count: int, unmeasured: tuple[int, ...] = ()) -> Q
 def thumbnail(frame_index: int, width: int = 16, height: int = 16) -> ReconThumbnailRecord:
     """A ReconThumbnail of luma values 16..235, as a real one holds (§6.8.1)."""
     raw = np.frombuffer(det_bytes(f"thumbnail/{frame_index}/{width}x{height}", width * height), np.uint8)
-    return ReconThumbnailRecord(frame_index, (16 + raw.astype(np.uint16) * 219 // 255).astype(np.uint8).reshape(height, width))
+    return ReconThumbnailRecord(
+        frame_index, (16 + raw.astype(np.uint16) * 219 // 255).astype(np.uint8).reshape(height, width)
+    )
 
 
 SETTINGS = EncoderSettingsRecord(
-    {"encoder": "promptus-codec conformance", "rank": 2, "interval": 4, "steps": 50, "learning_rate": 0.0625,
-     "note": "caf\u00e9 \u2713"}  # non-ASCII: the reference writer escapes it (§6.4)
+    {
+        "encoder": "promptus-codec conformance",
+        "rank": 2,
+        "interval": 4,
+        "steps": 50,
+        "learning_rate": 0.0625,
+        "note": "caf\u00e9 \u2713",
+    }  # non-ASCII: the reference writer escapes it (§6.4)
 )
 
 
-def write(header: FileHeader, records: list[Record], *, seek_index: bool | None = True, head: bytes | None = None) -> bytes:
+def write(
+    header: FileHeader, records: list[Record], *, seek_index: bool | None = True, head: bytes | None = None
+) -> bytes:
     """A file written by PrxWriter; ``seek_index=None`` writes no End (and no SeekIndex).
 
     ``head`` replaces the header bytes the writer would write (same FileHeader fields).
@@ -341,8 +353,12 @@ def vector(group: str, section: str, tests: str, made: str):
 # ----- valid ---------------------------------------------------------------
 
 
-@vector("valid", "§3, §5, §6.1, §6.2, §6.3", "the smallest complete stream: one scene, one keyframe, End",
-        "PrxWriter: Scene 0 (float32 4x2x2), Keyframe 0 (4x6, rank 2), finish without SeekIndex")
+@vector(
+    "valid",
+    "§3, §5, §6.1, §6.2, §6.3",
+    "the smallest complete stream: one scene, one keyframe, End",
+    "PrxWriter: Scene 0 (float32 4x2x2), Keyframe 0 (4x6, rank 2), finish without SeekIndex",
+)
 def minimal():
     h = make_header(1)
     return write(h, [scene(h, 0), keyframe(h, 0)], seek_index=False)
@@ -352,37 +368,76 @@ def typical_records(h: FileHeader) -> list[Record]:
     return [SETTINGS, scene(h, 0), *(keyframe(h, k) for k in (0, 4, 8, 12)), quality(0, 13)]
 
 
-@vector("valid", "§5, §6.1-§6.6", "a usual stream: keyframes every 4 frames, EncoderSettings, Quality, SeekIndex",
-        "PrxWriter: EncoderSettings, Scene 0, Keyframes 0/4/8/12 rank 2, Quality 0-12, finish with SeekIndex")
+@vector(
+    "valid",
+    "§5, §6.1-§6.6",
+    "a usual stream: keyframes every 4 frames, EncoderSettings, Quality, SeekIndex",
+    "PrxWriter: EncoderSettings, Scene 0, Keyframes 0/4/8/12 rank 2, Quality 0-12, finish with SeekIndex",
+)
 def typical():
     h = make_header(13)
     return write(h, typical_records(h))
 
 
-@vector("valid", "§3.2, §6.1, §6.2", "SD-Turbo sizes: 77x1024 prompt at rank 8, 4x8x8 latent of 64x64 frames",
-        "PrxWriter: Scene 0 (float32 4x8x8), Keyframes 0/8 (77x1024, rank 8), SeekIndex, End")
+@vector(
+    "valid",
+    "§3.2, §6.1, §6.2",
+    "SD-Turbo sizes: 77x1024 prompt at rank 8, 4x8x8 latent of 64x64 frames",
+    "PrxWriter: Scene 0 (float32 4x8x8), Keyframes 0/8 (77x1024, rank 8), SeekIndex, End",
+)
 def realistic_77x1024_r8():
-    h = make_header(9, m=77, n=1024, latent=(4, 8, 8), coded=(64, 64), model=ModelIdentity("sd-turbo", *(
-        hashlib.sha256(f"sd-turbo {part}".encode()).digest() for part in ("denoiser", "decoder", "encoder"))))
-    return write(h, [scene(h, 0), keyframe(h, 0, rank=8, u_scale=0.021, v_scale=0.0037, u_zero_point=0.0,
-                                           v_zero_point=-1.0), keyframe(h, 8, rank=8)])
+    h = make_header(
+        9,
+        m=77,
+        n=1024,
+        latent=(4, 8, 8),
+        coded=(64, 64),
+        model=ModelIdentity(
+            "sd-turbo",
+            *(hashlib.sha256(f"sd-turbo {part}".encode()).digest() for part in ("denoiser", "decoder", "encoder")),
+        ),
+    )
+    return write(
+        h,
+        [
+            scene(h, 0),
+            keyframe(h, 0, rank=8, u_scale=0.021, v_scale=0.0037, u_zero_point=0.0, v_zero_point=-1.0),
+            keyframe(h, 8, rank=8),
+        ],
+    )
 
 
-@vector("valid", "Appendix A, §3, §6", "the annotated example file of format_spec.md Appendix A, byte for byte",
-        "PrxWriter with the appendix's values: m 2, n 3, float16 1x1x2 latent, rank-1 Keyframes 0/2, SeekIndex")
+@vector(
+    "valid",
+    "Appendix A, §3, §6",
+    "the annotated example file of format_spec.md Appendix A, byte for byte",
+    "PrxWriter with the appendix's values: m 2, n 3, float16 1x1x2 latent, rank-1 Keyframes 0/2, SeekIndex",
+)
 def spec_appendix_a():
     h = FileHeader(
-        coded_width=16, coded_height=8, geometry=SourceGeometry.identity(16, 8), frame_rate=Fraction(30),
-        frame_count=3, prompt_tokens=2, prompt_dim=3, latent_channels=1, latent_height=1, latent_width=2,
-        generation=GenerationConstants(), model=ModelIdentity("tiny", b"\x11" * 32, b"\x22" * 32, b"\x33" * 32),
+        coded_width=16,
+        coded_height=8,
+        geometry=SourceGeometry.identity(16, 8),
+        frame_rate=Fraction(30),
+        frame_count=3,
+        prompt_tokens=2,
+        prompt_dim=3,
+        latent_channels=1,
+        latent_height=1,
+        latent_width=2,
+        generation=GenerationConstants(),
+        model=ModelIdentity("tiny", b"\x11" * 32, b"\x22" * 32, b"\x33" * 32),
     )
     latent = np.array([[[0.5, -1.0]]], dtype=np.float16)  # (1, 1, 2)
     factors = dict(quant_scheme=QuantScheme.AFFINE_INT8, u_scale=0.25, u_zero_point=0.0, v_scale=0.5, v_zero_point=-1.0)
-    return write(h, [
-        SceneRecord(0, LatentFormat.FLOAT16, 1.0, latent),
-        KeyframeRecord(0, 1, u=np.array([[4], [-8]], np.int8), v=np.array([[1, 2, 3]], np.int8), **factors),
-        KeyframeRecord(2, 1, u=np.array([[8], [-4]], np.int8), v=np.array([[-1, 0, 1]], np.int8), **factors),
-    ])
+    return write(
+        h,
+        [
+            SceneRecord(0, LatentFormat.FLOAT16, 1.0, latent),
+            KeyframeRecord(0, 1, u=np.array([[4], [-8]], np.int8), v=np.array([[1, 2, 3]], np.int8), **factors),
+            KeyframeRecord(2, 1, u=np.array([[8], [-4]], np.int8), v=np.array([[-1, 0, 1]], np.int8), **factors),
+        ],
+    )
 
 
 def recon_thumbnail_records(h: FileHeader) -> list[Record]:
@@ -395,8 +450,12 @@ def recon_thumbnail_records(h: FileHeader) -> list[Record]:
     return records
 
 
-@vector("valid", "§5.1 O12, §6.8, §11", "a stream as the encoder writes it: each Keyframe followed by its 16x16 ReconThumbnail, then Quality",
-        "PrxWriter: EncoderSettings, Scene 0, then Keyframe, ReconThumbnail, Quality for frames 0/4/8, SeekIndex, End")
+@vector(
+    "valid",
+    "§5.1 O12, §6.8, §11",
+    "a stream as the encoder writes it: each Keyframe followed by its 16x16 ReconThumbnail, then Quality",
+    "PrxWriter: EncoderSettings, Scene 0, then Keyframe, ReconThumbnail, Quality for frames 0/4/8, SeekIndex, End",
+)
 def recon_thumbnails():
     h = make_header(9)
     return write(h, recon_thumbnail_records(h))
@@ -405,122 +464,206 @@ def recon_thumbnails():
 # ----- uncommon ------------------------------------------------------------
 
 
-@vector("uncommon", "§6.2", "rank differs from keyframe to keyframe (2, 4, 1, 3)",
-        "PrxWriter: Scene 0, Keyframes 0/2/4/6 with ranks 2/4/1/3, SeekIndex, End")
+@vector(
+    "uncommon",
+    "§6.2",
+    "rank differs from keyframe to keyframe (2, 4, 1, 3)",
+    "PrxWriter: Scene 0, Keyframes 0/2/4/6 with ranks 2/4/1/3, SeekIndex, End",
+)
 def rank_change():
     h = make_header(7)
     return write(h, [scene(h, 0), *(keyframe(h, k, rank=r) for k, r in ((0, 2), (2, 4), (4, 1), (6, 3)))])
 
 
-@vector("uncommon", "§6.2, §7.2 R14", "the largest rank allowed: rank = min(m, n) = 4",
-        "PrxWriter: Scene 0, Keyframes 0/3 at rank 4 for a 4x6 prompt")
+@vector(
+    "uncommon",
+    "§6.2, §7.2 R14",
+    "the largest rank allowed: rank = min(m, n) = 4",
+    "PrxWriter: Scene 0, Keyframes 0/3 at rank 4 for a 4x6 prompt",
+)
 def rank_max():
     h = make_header(4)
     return write(h, [scene(h, 0), keyframe(h, 0, rank=4), keyframe(h, 3, rank=4)])
 
 
-@vector("uncommon", "§5.1 O2 O3, §6.1, §6.5", "three scenes, each starting at the frame after the previous keyframe",
-        "PrxWriter: Scenes 0/3/6 with Keyframes 0,2 / 3,5 / 6; SeekIndex of 3 entries")
+@vector(
+    "uncommon",
+    "§5.1 O2 O3, §6.1, §6.5",
+    "three scenes, each starting at the frame after the previous keyframe",
+    "PrxWriter: Scenes 0/3/6 with Keyframes 0,2 / 3,5 / 6; SeekIndex of 3 entries",
+)
 def multi_scene():
     h = make_header(7)
-    return write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 2), scene(h, 3), keyframe(h, 3), keyframe(h, 5),
-                     scene(h, 6), keyframe(h, 6)])
+    return write(
+        h,
+        [
+            scene(h, 0),
+            keyframe(h, 0),
+            keyframe(h, 2),
+            scene(h, 3),
+            keyframe(h, 3),
+            keyframe(h, 5),
+            scene(h, 6),
+            keyframe(h, 6),
+        ],
+    )
 
 
-@vector("uncommon", "§6.1, §6.1.1", "float16 first-frame latent (latent_format 2)",
-        "PrxWriter: Scene 0 float16 latent (values q/32), Keyframes 0/2")
+@vector(
+    "uncommon",
+    "§6.1, §6.1.1",
+    "float16 first-frame latent (latent_format 2)",
+    "PrxWriter: Scene 0 float16 latent (values q/32), Keyframes 0/2",
+)
 def latent_float16():
     h = make_header(3)
     return write(h, [scene(h, 0, LatentFormat.FLOAT16), keyframe(h, 0), keyframe(h, 2)])
 
 
-@vector("uncommon", "§6.1, §6.1.1", "int8 first-frame latent with latent_scale 0.0625 (latent_format 3)",
-        "PrxWriter: Scene 0 int8 latent, latent_scale 0.0625, Keyframes 0/2")
+@vector(
+    "uncommon",
+    "§6.1, §6.1.1",
+    "int8 first-frame latent with latent_scale 0.0625 (latent_format 3)",
+    "PrxWriter: Scene 0 int8 latent, latent_scale 0.0625, Keyframes 0/2",
+)
 def latent_int8():
     h = make_header(3)
     return write(h, [scene(h, 0, LatentFormat.INT8, 0.0625), keyframe(h, 0), keyframe(h, 2)])
 
 
-@vector("uncommon", "§5.1 O5, §6.2", "keyframes at irregular intervals (0, 1, 5, 6, 13)",
-        "PrxWriter: Scene 0, Keyframes 0/1/5/6/13, SeekIndex, End")
+@vector(
+    "uncommon",
+    "§5.1 O5, §6.2",
+    "keyframes at irregular intervals (0, 1, 5, 6, 13)",
+    "PrxWriter: Scene 0, Keyframes 0/1/5/6/13, SeekIndex, End",
+)
 def uneven_keyframes():
     h = make_header(14)
     return write(h, [scene(h, 0), *(keyframe(h, k) for k in (0, 1, 5, 6, 13))])
 
 
-@vector("uncommon", "§4.2", "an unknown ancillary record (0x8abc) that a reader skips and keeps",
-        "PrxWriter: Scene 0, Keyframe 0, UnknownAncillaryRecord 0x8abc (21 bytes), Keyframe 2, End")
+@vector(
+    "uncommon",
+    "§4.2",
+    "an unknown ancillary record (0x8abc) that a reader skips and keeps",
+    "PrxWriter: Scene 0, Keyframe 0, UnknownAncillaryRecord 0x8abc (21 bytes), Keyframe 2, End",
+)
 def unknown_ancillary():
     h = make_header(3)
     extra = UnknownAncillaryRecord(0x8ABC, b"future ancillary data")
     return write(h, [scene(h, 0), keyframe(h, 0), extra, keyframe(h, 2)], seek_index=False)
 
 
-@vector("uncommon", "§3.2, §5.1 O10, §6.3", "header frame_count 0 (unknown when the header was written); End has the total",
-        "PrxWriter: header frame_count 0, Scene 0, Keyframes 0/2, SeekIndex, End frame_count 3")
+@vector(
+    "uncommon",
+    "§3.2, §5.1 O10, §6.3",
+    "header frame_count 0 (unknown when the header was written); End has the total",
+    "PrxWriter: header frame_count 0, Scene 0, Keyframes 0/2, SeekIndex, End frame_count 3",
+)
 def frame_count_unknown():
     h = make_header(0)
     return write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 2)])
 
 
-@vector("uncommon", "§5.1 O9, §6.3, §6.5", "no SeekIndex in a multi-scene stream: End seek_index_offset 0",
-        "PrxWriter: Scenes 0/2 with Keyframes 0,1 / 2; finish without SeekIndex")
+@vector(
+    "uncommon",
+    "§5.1 O9, §6.3, §6.5",
+    "no SeekIndex in a multi-scene stream: End seek_index_offset 0",
+    "PrxWriter: Scenes 0/2 with Keyframes 0,1 / 2; finish without SeekIndex",
+)
 def no_seek_index():
     h = make_header(3)
     return write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 1), scene(h, 2), keyframe(h, 2)], seek_index=False)
 
 
-@vector("uncommon", "§3.2, §10", "minor version 1 with 8 header body bytes unknown to a 1.0 reader, which skips them",
-        "minimal's header with minor_version 1, 8 bytes appended to the body, header_length and CRC recomputed")
+@vector(
+    "uncommon",
+    "§3.2, §10",
+    "minor version 1 with 8 header body bytes unknown to a 1.0 reader, which skips them",
+    "minimal's header with minor_version 1, 8 bytes appended to the body, header_length and CRC recomputed",
+)
 def minor_version_extension():
     h = make_header(1, minor_version=1)
     head = header_with(codec.header_to_bytes(make_header(1)), minor_version=1, extension=bytes(range(0xF0, 0xF8)))
     return write(h, [scene(h, 0), keyframe(h, 0)], seek_index=False, head=head)
 
 
-@vector("uncommon", "§3.2", "a non-integer frame rate, 30000/1001",
-        "PrxWriter: header frame_rate 30000/1001, Scene 0, Keyframes 0/2")
+@vector(
+    "uncommon",
+    "§3.2",
+    "a non-integer frame rate, 30000/1001",
+    "PrxWriter: header frame_rate 30000/1001, Scene 0, Keyframes 0/2",
+)
 def frame_rate_ntsc():
     h = make_header(3, frame_rate=Fraction(30000, 1001))
     return write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 2)], seek_index=False)
 
 
-@vector("uncommon", "§3.3", "PAD geometry: a 32x18 source scaled to 16x9 in the 16x16 frame, bars above and below",
-        "PrxWriter: fit_mode 2, source_rect 0,0,32x18, coded_rect 0,3,16x9")
+@vector(
+    "uncommon",
+    "§3.3",
+    "PAD geometry: a 32x18 source scaled to 16x9 in the 16x16 frame, bars above and below",
+    "PrxWriter: fit_mode 2, source_rect 0,0,32x18, coded_rect 0,3,16x9",
+)
 def geometry_pad():
     g = SourceGeometry(32, 18, FitMode.PAD, Rect(0, 0, 32, 18), Rect(0, 3, 16, 9))
     h = make_header(1, geometry=g)
     return write(h, [scene(h, 0), keyframe(h, 0)], seek_index=False)
 
 
-@vector("uncommon", "§3.3", "CROP geometry: the centre 18x18 of a 32x18 source fills the 16x16 frame",
-        "PrxWriter: fit_mode 1, source_rect 7,0,18x18, coded_rect 0,0,16x16")
+@vector(
+    "uncommon",
+    "§3.3",
+    "CROP geometry: the centre 18x18 of a 32x18 source fills the 16x16 frame",
+    "PrxWriter: fit_mode 1, source_rect 7,0,18x18, coded_rect 0,0,16x16",
+)
 def geometry_crop():
     g = SourceGeometry(32, 18, FitMode.CROP, Rect(7, 0, 18, 18), Rect(0, 0, 16, 16))
     h = make_header(1, geometry=g)
     return write(h, [scene(h, 0), keyframe(h, 0)], seek_index=False)
 
 
-@vector("uncommon", "§6.2.1, §7.2 R16", "zero points at the ends of their range: u -128, v 127; -0.0 zero point kept",
-        "PrxWriter: Keyframe 0 with u_zero_point -128, v_zero_point 127; Keyframe 1 with u_zero_point -0.0")
+@vector(
+    "uncommon",
+    "§6.2.1, §7.2 R16",
+    "zero points at the ends of their range: u -128, v 127; -0.0 zero point kept",
+    "PrxWriter: Keyframe 0 with u_zero_point -128, v_zero_point 127; Keyframe 1 with u_zero_point -0.0",
+)
 def zero_point_extremes():
     h = make_header(2)
-    return write(h, [scene(h, 0), keyframe(h, 0, u_zero_point=-128.0, v_zero_point=127.0),
-                     keyframe(h, 1, u_zero_point=-0.0)], seek_index=False)
+    return write(
+        h,
+        [scene(h, 0), keyframe(h, 0, u_zero_point=-128.0, v_zero_point=127.0), keyframe(h, 1, u_zero_point=-0.0)],
+        seek_index=False,
+    )
 
 
-@vector("uncommon", "§6.6", "Quality with NaN (not measured) for some frames",
-        "PrxWriter: Scene 0, Keyframes 0/2, Quality 0-2 with frame 1 NaN (quiet NaN 0x7fc00000)")
+@vector(
+    "uncommon",
+    "§6.6",
+    "Quality with NaN (not measured) for some frames",
+    "PrxWriter: Scene 0, Keyframes 0/2, Quality 0-2 with frame 1 NaN (quiet NaN 0x7fc00000)",
+)
 def quality_not_measured():
     h = make_header(3)
     return write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 2), quality(0, 3, unmeasured=(1,))])
 
 
-@vector("uncommon", "§3.4", "other generation constants: v-prediction, timestep 500, latent_weight 0, noise_weight 1",
-        "PrxWriter: header noise_seed 7, prediction_type 2, timestep 500, alpha_cumprod 0.5, weights 0/1")
+@vector(
+    "uncommon",
+    "§3.4",
+    "other generation constants: v-prediction, timestep 500, latent_weight 0, noise_weight 1",
+    "PrxWriter: header noise_seed 7, prediction_type 2, timestep 500, alpha_cumprod 0.5, weights 0/1",
+)
 def generation_constants():
-    g = GenerationConstants(noise_seed=7, latent_weight=0.0, noise_weight=1.0, timestep=500, alpha_cumprod=0.5,
-                            prediction_type=PredictionType.V_PREDICTION)
+    g = GenerationConstants(
+        noise_seed=7,
+        latent_weight=0.0,
+        noise_weight=1.0,
+        timestep=500,
+        alpha_cumprod=0.5,
+        prediction_type=PredictionType.V_PREDICTION,
+    )
     h = make_header(1, generation=g)
     return write(h, [scene(h, 0), keyframe(h, 0)], seek_index=False)
 
@@ -534,28 +677,52 @@ def _padded(filler: Callable[[int], bytes]) -> bytes:
     return lay.bytes()
 
 
-@vector("uncommon", "§6.7, §11", "Padding records, one empty and one of 13 zero bytes, before a Scene and between Keyframes",
-        "PrxWriter: Padding 0, Scene 0, Keyframe 0, Padding 13, Keyframe 2, SeekIndex, End")
+@vector(
+    "uncommon",
+    "§6.7, §11",
+    "Padding records, one empty and one of 13 zero bytes, before a Scene and between Keyframes",
+    "PrxWriter: Padding 0, Scene 0, Keyframe 0, Padding 13, Keyframe 2, SeekIndex, End",
+)
 def padding():
     return _padded(bytes)
 
 
-@vector("uncommon", "§6.7", "Padding whose filler is not zero: a writer MUST NOT make it, a reader MUST accept it",
-        "padding with the 13 filler bytes set to 0x01..0x0d, CRC recomputed; rewriting it gives padding")
+@vector(
+    "uncommon",
+    "§6.7",
+    "Padding whose filler is not zero: a writer MUST NOT make it, a reader MUST accept it",
+    "padding with the 13 filler bytes set to 0x01..0x0d, CRC recomputed; rewriting it gives padding",
+)
 def padding_nonzero():
     return _padded(lambda size: bytes(range(1, size + 1)))
 
 
-@vector("uncommon", "§4.2", "ancillary types 0x8000 (reserved) and 0xf123 (private use): skipped like any unknown one",
-        "PrxWriter: Scene 0, UnknownAncillaryRecord 0x8000 (empty), Keyframe 0, UnknownAncillaryRecord 0xf123, End")
+@vector(
+    "uncommon",
+    "§4.2",
+    "ancillary types 0x8000 (reserved) and 0xf123 (private use): skipped like any unknown one",
+    "PrxWriter: Scene 0, UnknownAncillaryRecord 0x8000 (empty), Keyframe 0, UnknownAncillaryRecord 0xf123, End",
+)
 def ancillary_reserved_and_private():
     h = make_header(1)
-    return write(h, [scene(h, 0), UnknownAncillaryRecord(0x8000, b""), keyframe(h, 0),
-                     UnknownAncillaryRecord(0xF123, b"experiment")], seek_index=False)
+    return write(
+        h,
+        [
+            scene(h, 0),
+            UnknownAncillaryRecord(0x8000, b""),
+            keyframe(h, 0),
+            UnknownAncillaryRecord(0xF123, b"experiment"),
+        ],
+        seek_index=False,
+    )
 
 
-@vector("uncommon", "§5.1 O6 O9, §6.5", "two SeekIndex records: one after Scene 0 lists it alone; End points at the last",
-        "PrxWriter: Scene 0, Keyframe 0, SeekIndex (Scene 0), Scene 1, Keyframe 1, finish with SeekIndex")
+@vector(
+    "uncommon",
+    "§5.1 O6 O9, §6.5",
+    "two SeekIndex records: one after Scene 0 lists it alone; End points at the last",
+    "PrxWriter: Scene 0, Keyframe 0, SeekIndex (Scene 0), Scene 1, Keyframe 1, finish with SeekIndex",
+)
 def seek_index_mid_stream():
     h = make_header(2)
     stream = io.BytesIO()
@@ -569,15 +736,31 @@ def seek_index_mid_stream():
     return stream.getvalue()
 
 
-@vector("uncommon", "§5.1 O12 O13, §6.8", "ReconThumbnails of 1x1, 5x3 (not a divisor) and the whole 24x16 frame; a keyframe without one",
-        "PrxWriter: 24x16 frames, Scene 0, Keyframe 0 + 1x1, Keyframe 2, Keyframe 3 + 5x3, Keyframe 5 + 24x16")
+@vector(
+    "uncommon",
+    "§5.1 O12 O13, §6.8",
+    "ReconThumbnails of 1x1, 5x3 (not a divisor) and the whole 24x16 frame; a keyframe without one",
+    "PrxWriter: 24x16 frames, Scene 0, Keyframe 0 + 1x1, Keyframe 2, Keyframe 3 + 5x3, Keyframe 5 + 24x16",
+)
 def recon_thumbnail_sizes():
     h = make_header(6, coded=(24, 16))
-    return write(h, [scene(h, 0), keyframe(h, 0), thumbnail(0, 1, 1), keyframe(h, 2), keyframe(h, 3), thumbnail(3, 5, 3),
-                     keyframe(h, 5), thumbnail(5, 24, 16)])
+    return write(
+        h,
+        [
+            scene(h, 0),
+            keyframe(h, 0),
+            thumbnail(0, 1, 1),
+            keyframe(h, 2),
+            keyframe(h, 3),
+            thumbnail(3, 5, 3),
+            keyframe(h, 5),
+            thumbnail(5, 24, 16),
+        ],
+    )
 
 
 # ----- invalid: header -----------------------------------------------------
+
 
 def _minimal() -> tuple[FileHeader, Layout]:
     return make_header(1), Layout.of(minimal())
@@ -588,23 +771,30 @@ def _header_case(error, offset: int | None = HEADER_BODY_OFFSET, **fields) -> In
     return Invalid(header_with(lay.head, **fields) + b"".join(lay.records), error, offset)
 
 
-@vector("invalid", "§3.1, §7.1 H1", "signature byte 0 is 0x89 (PNG's) instead of 0x8b",
-        "minimal with byte 0 changed")
+@vector("invalid", "§3.1, §7.1 H1", "signature byte 0 is 0x89 (PNG's) instead of 0x8b", "minimal with byte 0 changed")
 def bad_magic():
     data = minimal()
     return Invalid(b"\x89" + data[1:], errors.BadMagicError, 0)
 
 
-@vector("invalid", "§3.1, §10, §7.1 H3", "major_version 2, refused before the header CRC is checked",
-        "minimal with major_version 2 and the header CRC not recomputed")
+@vector(
+    "invalid",
+    "§3.1, §10, §7.1 H3",
+    "major_version 2, refused before the header CRC is checked",
+    "minimal with major_version 2 and the header CRC not recomputed",
+)
 def major_version_2():
     _, lay = _minimal()
     head = lay.head[:8] + b"\x02" + lay.head[9:]
     return Invalid(head + b"".join(lay.records), errors.UnsupportedVersionError, 0)
 
 
-@vector("invalid", "§3, §7.1 H5", "the header CRC-32 does not match; it is checked before any body field",
-        "minimal with coded_width set to 0 and the CRC not recomputed")
+@vector(
+    "invalid",
+    "§3, §7.1 H5",
+    "the header CRC-32 does not match; it is checked before any body field",
+    "minimal with coded_width set to 0 and the CRC not recomputed",
+)
 def header_crc_mismatch():
     _, lay = _minimal()
     crc_at = len(lay.head) - 4
@@ -612,8 +802,12 @@ def header_crc_mismatch():
     return Invalid(head + b"".join(lay.records), errors.CrcMismatchError, crc_at)
 
 
-@vector("invalid", "§3.1, §7.1 H4", "header_length 100, less than the 1.0 body needs",
-        "minimal with header_length 100 and the body cut to 100 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§3.1, §7.1 H4",
+    "header_length 100, less than the 1.0 body needs",
+    "minimal with header_length 100 and the body cut to 100 bytes, CRC recomputed",
+)
 def header_length_too_small():
     _, lay = _minimal()
     preamble = schema.build(schema.header_preamble, dict(major_version=1, minor_version=0, flags=0, header_length=100))
@@ -621,17 +815,26 @@ def header_length_too_small():
     return Invalid(head + b"".join(lay.records), errors.LengthError, HEADER_LENGTH_OFFSET)
 
 
-@vector("invalid", "§3.1, §8.1, §7.1 H4", "header_length 4097, over the 4096-byte limit",
-        "minimal with zero bytes appended to the header body up to header_length 4097, CRC recomputed")
+@vector(
+    "invalid",
+    "§3.1, §8.1, §7.1 H4",
+    "header_length 4097, over the 4096-byte limit",
+    "minimal with zero bytes appended to the header body up to header_length 4097, CRC recomputed",
+)
 def header_length_too_large():
     _, lay = _minimal()
     extension = bytes(schema.MAX_HEADER_BODY + 1 - (len(lay.head) - PREAMBLE_SIZE - 4))
-    return Invalid(header_with(lay.head, extension=extension) + b"".join(lay.records), errors.LengthError,
-                   HEADER_LENGTH_OFFSET)
+    return Invalid(
+        header_with(lay.head, extension=extension) + b"".join(lay.records), errors.LengthError, HEADER_LENGTH_OFFSET
+    )
 
 
-@vector("invalid", "§3.2, §7.1 H6", "header_length ends inside model_name: its length byte runs past the body",
-        "minimal (184-byte body) with header_length 170 and the body cut there, CRC recomputed")
+@vector(
+    "invalid",
+    "§3.2, §7.1 H6",
+    "header_length ends inside model_name: its length byte runs past the body",
+    "minimal (184-byte body) with header_length 170 and the body cut there, CRC recomputed",
+)
 def header_length_inside_body():
     _, lay = _minimal()
     preamble = schema.build(schema.header_preamble, dict(major_version=1, minor_version=0, flags=0, header_length=170))
@@ -639,157 +842,207 @@ def header_length_inside_body():
     return Invalid(head + b"".join(lay.records), errors.LengthError, HEADER_BODY_OFFSET)
 
 
-@vector("invalid", "§3.1, §7.1 H2", "the file ends inside the header body",
-        "minimal cut after 40 bytes")
+@vector("invalid", "§3.1, §7.1 H2", "the file ends inside the header body", "minimal cut after 40 bytes")
 def truncated_header():
     return Invalid(minimal()[:40], errors.TruncatedError, 40)
 
 
-@vector("invalid", "§3.1, §7.1 H2", "an empty file: too short to hold the signature",
-        "zero bytes")
+@vector("invalid", "§3.1, §7.1 H2", "an empty file: too short to hold the signature", "zero bytes")
 def empty_file():
     return Invalid(b"", errors.TruncatedError, 0)
 
 
-@vector("invalid", "§3.2, §8.1, §7.1 H22", "a latent shape of 4x16384x16384 (1 Gi values), refused before any allocation",
-        "minimal with latent_height and latent_width 16384, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.2, §8.1, §7.1 H22",
+    "a latent shape of 4x16384x16384 (1 Gi values), refused before any allocation",
+    "minimal with latent_height and latent_width 16384, header CRC recomputed",
+)
 def latent_shape_huge():
     return _header_case(errors.LengthError, latent_height=16384, latent_width=16384)
 
 
-@vector("invalid", "§3.2, §7.1 H14", "coded_width 0: an empty frame",
-        "minimal with coded_width 0, header CRC recomputed")
+@vector(
+    "invalid", "§3.2, §7.1 H14", "coded_width 0: an empty frame", "minimal with coded_width 0, header CRC recomputed"
+)
 def coded_width_zero():
     return _header_case(errors.ForbiddenValueError, coded_width=0)
 
 
-@vector("invalid", "§3.3, §7.1 H18", "coded_rect reaches past the coded frame (x 8 + width 16 > 16)",
-        "minimal with coded_rect 8,0,16x16, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.3, §7.1 H18",
+    "coded_rect reaches past the coded frame (x 8 + width 16 > 16)",
+    "minimal with coded_rect 8,0,16x16, header CRC recomputed",
+)
 def coded_rect_outside():
     return _header_case(errors.ForbiddenValueError, coded_rect=dict(x=8, y=0, width=16, height=16))
 
 
-@vector("invalid", "§3.3, §12.2, §7.1 H8", "fit_mode 3, not in the table",
-        "minimal with fit_mode 3, header CRC recomputed")
+@vector(
+    "invalid", "§3.3, §12.2, §7.1 H8", "fit_mode 3, not in the table", "minimal with fit_mode 3, header CRC recomputed"
+)
 def fit_mode_undefined():
     return _header_case(errors.ForbiddenValueError, fit_mode=3)
 
 
-@vector("invalid", "§3.2, §7.1 H11", "frame_rate_den 0",
-        "minimal with frame_rate_den 0, header CRC recomputed")
+@vector("invalid", "§3.2, §7.1 H11", "frame_rate_den 0", "minimal with frame_rate_den 0, header CRC recomputed")
 def frame_rate_den_zero():
     return _header_case(errors.ForbiddenValueError, frame_rate_den=0)
 
 
-@vector("invalid", "§3.2, §7.1 H13", "frame rate 0/1",
-        "minimal with frame_rate_num 0, frame_rate_den 1, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.2, §7.1 H13",
+    "frame rate 0/1",
+    "minimal with frame_rate_num 0, frame_rate_den 1, header CRC recomputed",
+)
 def frame_rate_zero():
     return _header_case(errors.ForbiddenValueError, frame_rate_num=0, frame_rate_den=1)
 
 
-@vector("invalid", "§3.2, §7.1 H12", "frame rate 60000/2002, not in lowest terms",
-        "minimal with frame_rate_num 60000, frame_rate_den 2002, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.2, §7.1 H12",
+    "frame rate 60000/2002, not in lowest terms",
+    "minimal with frame_rate_num 60000, frame_rate_den 2002, header CRC recomputed",
+)
 def frame_rate_not_reduced():
     return _header_case(errors.ForbiddenValueError, frame_rate_num=60000, frame_rate_den=2002)
 
 
-@vector("invalid", "§3.2, §7.1 H19", "prompt_tokens 0",
-        "minimal with prompt_tokens 0, header CRC recomputed")
+@vector("invalid", "§3.2, §7.1 H19", "prompt_tokens 0", "minimal with prompt_tokens 0, header CRC recomputed")
 def prompt_tokens_zero():
     return _header_case(errors.ForbiddenValueError, prompt_tokens=0)
 
 
-@vector("invalid", "§3.4, §12.3, §7.1 H9", "noise_generator 0, not in the table",
-        "minimal with noise_generator 0, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.4, §12.3, §7.1 H9",
+    "noise_generator 0, not in the table",
+    "minimal with noise_generator 0, header CRC recomputed",
+)
 def noise_generator_undefined():
     return _header_case(errors.ForbiddenValueError, noise_generator=0)
 
 
-@vector("invalid", "§3.4, §12.4, §7.1 H10", "prediction_type 0, not in the table",
-        "minimal with prediction_type 0, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.4, §12.4, §7.1 H10",
+    "prediction_type 0, not in the table",
+    "minimal with prediction_type 0, header CRC recomputed",
+)
 def prediction_type_undefined():
     return _header_case(errors.ForbiddenValueError, prediction_type=0)
 
 
-@vector("invalid", "§3.4, §7.1 H25", "alpha_cumprod 1.0 (must lie in the open interval (0, 1))",
-        "minimal with alpha_cumprod 1.0, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.4, §7.1 H25",
+    "alpha_cumprod 1.0 (must lie in the open interval (0, 1))",
+    "minimal with alpha_cumprod 1.0, header CRC recomputed",
+)
 def alpha_cumprod_one():
     return _header_case(errors.ForbiddenValueError, alpha_cumprod=1.0)
 
 
-@vector("invalid", "§3.4, §7.1 H24", "noise_weight NaN",
-        "minimal with noise_weight NaN, header CRC recomputed")
+@vector("invalid", "§3.4, §7.1 H24", "noise_weight NaN", "minimal with noise_weight NaN, header CRC recomputed")
 def noise_weight_nan():
     return _header_case(errors.ForbiddenValueError, noise_weight=math.nan)
 
 
-@vector("invalid", "§3.1, §7.1 H4", "header_length 164, one less than the smallest 1.0 body (model_name is empty)",
-        "minimal with model_name '', header_length 164 and CRC recomputed")
+@vector(
+    "invalid",
+    "§3.1, §7.1 H4",
+    "header_length 164, one less than the smallest 1.0 body (model_name is empty)",
+    "minimal with model_name '', header_length 164 and CRC recomputed",
+)
 def header_length_164():
     return _header_case(errors.LengthError, HEADER_LENGTH_OFFSET, model_name="")
 
 
-@vector("invalid", "§3.1, §7.1 H1", "a 3-byte file whose bytes are not the signature's first three",
-        "the bytes b'PRX'")
+@vector("invalid", "§3.1, §7.1 H1", "a 3-byte file whose bytes are not the signature's first three", "the bytes b'PRX'")
 def bad_magic_short():
     return Invalid(b"PRX", errors.BadMagicError, 0)
 
 
-@vector("invalid", "§3.1, §7.1 H2", "a file that ends inside the signature",
-        "the first 5 bytes of minimal")
+@vector("invalid", "§3.1, §7.1 H2", "a file that ends inside the signature", "the first 5 bytes of minimal")
 def truncated_in_signature():
     return Invalid(minimal()[:5], errors.TruncatedError, 5)
 
 
-@vector("invalid", "§3.5, §7.1 H7", "model_name that is not valid UTF-8",
-        "minimal with model_name bytes 'tiny' + 0xff, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.5, §7.1 H7",
+    "model_name that is not valid UTF-8",
+    "minimal with model_name bytes 'tiny' + 0xff, header CRC recomputed",
+)
 def model_name_not_utf8():
     _, lay = _minimal()
     body = lay.head[PREAMBLE_SIZE:-4]
     name_at = codec.HEADER_BODY_V1_SIZE - 1  # the length byte of model_name
     body = body[:name_at] + b"\x05tiny\xff"
-    preamble = schema.build(schema.header_preamble, dict(major_version=1, minor_version=0, flags=0, header_length=len(body)))
-    return Invalid(sealed_header(preamble, body) + b"".join(lay.records), errors.ForbiddenValueError, HEADER_BODY_OFFSET)
+    preamble = schema.build(
+        schema.header_preamble, dict(major_version=1, minor_version=0, flags=0, header_length=len(body))
+    )
+    return Invalid(
+        sealed_header(preamble, body) + b"".join(lay.records), errors.ForbiddenValueError, HEADER_BODY_OFFSET
+    )
 
 
-@vector("invalid", "§3.2, §8.1, §7.1 H15", "coded_height 16385, over MAX_CODED_SIDE",
-        "minimal with coded_height 16385, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.2, §8.1, §7.1 H15",
+    "coded_height 16385, over MAX_CODED_SIDE",
+    "minimal with coded_height 16385, header CRC recomputed",
+)
 def coded_side_over_limit():
     return _header_case(errors.ForbiddenValueError, coded_height=16385)
 
 
-@vector("invalid", "§3.3, §7.1 H16", "source_width 0",
-        "minimal with source_width 0, header CRC recomputed")
+@vector("invalid", "§3.3, §7.1 H16", "source_width 0", "minimal with source_width 0, header CRC recomputed")
 def source_width_zero():
     return _header_case(errors.ForbiddenValueError, source_width=0)
 
 
-@vector("invalid", "§3.3, §7.1 H17", "a source_rect of height 0",
-        "minimal with source_rect 0,0,16x0, header CRC recomputed")
+@vector(
+    "invalid", "§3.3, §7.1 H17", "a source_rect of height 0", "minimal with source_rect 0,0,16x0, header CRC recomputed"
+)
 def source_rect_empty():
     return _header_case(errors.ForbiddenValueError, source_rect=dict(x=0, y=0, width=16, height=0))
 
 
-@vector("invalid", "§3.2, §8.1, §7.1 H20", "prompt_dim 8193, over MAX_PROMPT_DIM",
-        "minimal with prompt_dim 8193, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.2, §8.1, §7.1 H20",
+    "prompt_dim 8193, over MAX_PROMPT_DIM",
+    "minimal with prompt_dim 8193, header CRC recomputed",
+)
 def prompt_dim_over_limit():
     return _header_case(errors.ForbiddenValueError, prompt_dim=8193)
 
 
-@vector("invalid", "§3.2, §7.1 H21", "latent_channels 0",
-        "minimal with latent_channels 0, header CRC recomputed")
+@vector("invalid", "§3.2, §7.1 H21", "latent_channels 0", "minimal with latent_channels 0, header CRC recomputed")
 def latent_channels_zero():
     return _header_case(errors.ForbiddenValueError, latent_channels=0)
 
 
-@vector("invalid", "§3.4, §7.1 H23", "latent_weight 1.5, outside [0, 1]",
-        "minimal with latent_weight 1.5, header CRC recomputed")
+@vector(
+    "invalid",
+    "§3.4, §7.1 H23",
+    "latent_weight 1.5, outside [0, 1]",
+    "minimal with latent_weight 1.5, header CRC recomputed",
+)
 def latent_weight_over_one():
     return _header_case(errors.ForbiddenValueError, latent_weight=1.5)
 
 
-@vector("invalid", "§3.5, §7.1 H26", "an empty model_name in a 1.1 header whose extension keeps header_length above 164",
-        "minor_version_extension's header with model_name '', header_length and CRC recomputed")
+@vector(
+    "invalid",
+    "§3.5, §7.1 H26",
+    "an empty model_name in a 1.1 header whose extension keeps header_length above 164",
+    "minor_version_extension's header with model_name '', header_length and CRC recomputed",
+)
 def model_name_empty():
     lay = Layout.of(minor_version_extension())
     head = header_with(lay.head, extension=bytes(range(0xF0, 0xF8)), model_name="")
@@ -797,6 +1050,7 @@ def model_name_empty():
 
 
 # ----- invalid: framing ----------------------------------------------------
+
 
 def _base() -> tuple[FileHeader, Layout]:
     """typical without its last keyframe: 0 EncoderSettings, 1 Scene 0, 2-4 Keyframes 0/4/8,
@@ -823,26 +1077,38 @@ def _base_record(index: int) -> tuple[FileHeader, bytes]:
     return h, lay.records[index]
 
 
-@vector("invalid", "§4.1, §4.3, §7.2 R2", "a record CRC-32 does not match; it is checked before the payload's fields",
-        "_base with Keyframe 4's rank set to 0 and the CRC not recomputed")
+@vector(
+    "invalid",
+    "§4.1, §4.3, §7.2 R2",
+    "a record CRC-32 does not match; it is checked before the payload's fields",
+    "_base with Keyframe 4's rank set to 0 and the CRC not recomputed",
+)
 def record_crc_mismatch():
     h, rec = _base_record(KEY4_AT)
     broken = record_with(rec, h, rank=0, u=b"", v=b"")
     rank_at = schema.RECORD_PREFIX_SIZE + 4
-    return _base_case(errors.CrcMismatchError, KEY4_AT, rec[:rank_at] + broken[rank_at : rank_at + 2] + rec[rank_at + 2 :])
+    return _base_case(
+        errors.CrcMismatchError, KEY4_AT, rec[:rank_at] + broken[rank_at : rank_at + 2] + rec[rank_at + 2 :]
+    )
 
 
-@vector("invalid", "§4.3, §9.4", "the file ends inside a record (strict: error; lenient: truncation)",
-        "_base cut 10 bytes into Keyframe 4")
+@vector(
+    "invalid",
+    "§4.3, §9.4",
+    "the file ends inside a record (strict: error; lenient: truncation)",
+    "_base cut 10 bytes into Keyframe 4",
+)
 def truncated_record():
     _, lay = _base()
     start = lay.start(KEY4_AT)
-    return Invalid(lay.bytes()[: start + 10], errors.TruncatedError, start,
-                   dict(offset=start, tail_bytes=10, frames_complete=1))
+    return Invalid(
+        lay.bytes()[: start + 10], errors.TruncatedError, start, dict(offset=start, tail_bytes=10, frames_complete=1)
+    )
 
 
-@vector("invalid", "§5.3, §9.4", "no End record: the stream stops after a complete record",
-        "_base without its End record")
+@vector(
+    "invalid", "§5.3, §9.4", "no End record: the stream stops after a complete record", "_base without its End record"
+)
 def no_end_record():
     _, lay = _base()
     del lay.records[END_AT]
@@ -850,42 +1116,66 @@ def no_end_record():
     return Invalid(lay.bytes(), errors.TruncatedError, end, dict(offset=end, tail_bytes=0, frames_complete=9))
 
 
-@vector("invalid", "§4.3, §9.4", "the End record's record_length (1000) reaches past the end of the file",
-        "_base with End record_length 1000")
+@vector(
+    "invalid",
+    "§4.3, §9.4",
+    "the End record's record_length (1000) reaches past the end of the file",
+    "_base with End record_length 1000",
+)
 def record_length_past_eof():
     _, lay = _base()
     lay.records[END_AT] = prefix_with(lay.records[END_AT], 1000)
     start = lay.start(END_AT)
-    return Invalid(lay.bytes(), errors.TruncatedError, start,
-                   dict(offset=start, tail_bytes=len(lay.records[END_AT]), frames_complete=9))
+    return Invalid(
+        lay.bytes(),
+        errors.TruncatedError,
+        start,
+        dict(offset=start, tail_bytes=len(lay.records[END_AT]), frames_complete=9),
+    )
 
 
-@vector("invalid", "§4.3, §8.1, §7.2 R1", "record_length 16 MiB + 1, over the limit, refused before reading the payload",
-        "_base with Keyframe 0 record_length 16777217")
+@vector(
+    "invalid",
+    "§4.3, §8.1, §7.2 R1",
+    "record_length 16 MiB + 1, over the limit, refused before reading the payload",
+    "_base with Keyframe 0 record_length 16777217",
+)
 def record_length_over_limit():
     _, lay = _base()
     lay.records[KEY0_AT] = prefix_with(lay.records[KEY0_AT], schema.MAX_RECORD_LENGTH + 1)
     return Invalid(lay.bytes(), errors.LengthError, lay.start(KEY0_AT) + RECORD_LENGTH_OFFSET)
 
 
-@vector("invalid", "§4.2, §7.2 R3", "an unknown critical record type (0x0004) that a reader must refuse",
-        "_base with a record of type 0x0004 (8-byte payload) inserted before Keyframe 4")
+@vector(
+    "invalid",
+    "§4.2, §7.2 R3",
+    "an unknown critical record type (0x0004) that a reader must refuse",
+    "_base with a record of type 0x0004 (8-byte payload) inserted before Keyframe 4",
+)
 def unknown_critical_record():
     _, lay = _base()
     lay.records.insert(KEY4_AT, codec.frame_record(0x0004, b"critical"))
     return Invalid(lay.bytes(), errors.UnknownCriticalRecordError, lay.start(KEY4_AT))
 
 
-@vector("invalid", "§4.2, §7.2 R3", "record type 0x0000, reserved and critical",
-        "_base with a record of type 0x0000 (empty payload) inserted before Keyframe 4")
+@vector(
+    "invalid",
+    "§4.2, §7.2 R3",
+    "record type 0x0000, reserved and critical",
+    "_base with a record of type 0x0000 (empty payload) inserted before Keyframe 4",
+)
 def record_type_zero():
     _, lay = _base()
     lay.records.insert(KEY4_AT, codec.frame_record(0x0000, b""))
     return Invalid(lay.bytes(), errors.UnknownCriticalRecordError, lay.start(KEY4_AT))
 
 
-@vector("invalid", "§4.3, §7.2 R2", "an unknown ancillary record with a bad CRC: checked even though it is skipped",
-        "unknown_ancillary with the last payload byte of record 0x8abc changed, CRC not recomputed")
+@vector(
+    "invalid",
+    "§4.3, §7.2 R2",
+    "an unknown ancillary record with a bad CRC: checked even though it is skipped",
+    "unknown_ancillary with the last payload byte of record 0x8abc changed, CRC not recomputed",
+)
 def unknown_ancillary_crc_mismatch():
     lay = Layout.of(unknown_ancillary())
     rec = lay.records[2]
@@ -896,85 +1186,135 @@ def unknown_ancillary_crc_mismatch():
 # ----- invalid: payloads ---------------------------------------------------
 
 
-@vector("invalid", "§6.1, §8.2, §7.2 R6", "a Scene payload 4 bytes shorter than the header's latent shape implies",
-        "_base with the last 4 latent bytes of Scene 0 removed, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.1, §8.2, §7.2 R6",
+    "a Scene payload 4 bytes shorter than the header's latent shape implies",
+    "_base with the last 4 latent bytes of Scene 0 removed, CRC recomputed",
+)
 def scene_payload_short():
     _, rec = _base_record(SCENE_AT)
     return _base_case(errors.LengthError, SCENE_AT, payload_with(rec, lambda p: p[:-4]))
 
 
-@vector("invalid", "§6.2, §7.2 R12", "a Keyframe payload 1 byte longer than rank, m and n imply",
-        "_base with a zero byte appended to Keyframe 4's payload, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R12",
+    "a Keyframe payload 1 byte longer than rank, m and n imply",
+    "_base with a zero byte appended to Keyframe 4's payload, CRC recomputed",
+)
 def keyframe_payload_long():
     _, rec = _base_record(KEY4_AT)
     return _base_case(errors.LengthError, KEY4_AT, payload_with(rec, lambda p: p + b"\x00"))
 
 
-@vector("invalid", "§6.3, §7.2 R17", "an End payload of 16 bytes instead of 20",
-        "_base with End's payload cut to 16 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.3, §7.2 R17",
+    "an End payload of 16 bytes instead of 20",
+    "_base with End's payload cut to 16 bytes, CRC recomputed",
+)
 def end_payload_short():
     _, rec = _base_record(END_AT)
     return _base_case(errors.LengthError, END_AT, payload_with(rec, lambda p: p[:16]))
 
 
-@vector("invalid", "§6.5, §8.2, §7.2 R21", "a SeekIndex whose entry_count claims 4294967295 entries, refused before allocation",
-        "_base with SeekIndex entry_count 0xffffffff (entries unchanged), CRC recomputed")
+@vector(
+    "invalid",
+    "§6.5, §8.2, §7.2 R21",
+    "a SeekIndex whose entry_count claims 4294967295 entries, refused before allocation",
+    "_base with SeekIndex entry_count 0xffffffff (entries unchanged), CRC recomputed",
+)
 def seek_index_huge_count():
     _, rec = _base_record(SEEK_AT)
     return _base_case(errors.LengthError, SEEK_AT, payload_with(rec, lambda p: b"\xff\xff\xff\xff" + p[4:]))
 
 
-@vector("invalid", "§6.6, §7.2 R23", "a Quality frame_count one more than its arrays hold",
-        "_base with Quality frame_count 10 (9 values each), CRC recomputed")
+@vector(
+    "invalid",
+    "§6.6, §7.2 R23",
+    "a Quality frame_count one more than its arrays hold",
+    "_base with Quality frame_count 10 (9 values each), CRC recomputed",
+)
 def quality_count_mismatch():
     _, rec = _base_record(QUALITY_AT)
-    return _base_case(errors.LengthError, QUALITY_AT, payload_with(rec, lambda p: p[:4] + struct.pack("<I", 10) + p[8:]))
+    return _base_case(
+        errors.LengthError, QUALITY_AT, payload_with(rec, lambda p: p[:4] + struct.pack("<I", 10) + p[8:])
+    )
 
 
-@vector("invalid", "§6.1, §7.2 R4", "a Scene payload of 5 bytes, shorter than its fixed part",
-        "_base with Scene 0's payload cut to 5 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.1, §7.2 R4",
+    "a Scene payload of 5 bytes, shorter than its fixed part",
+    "_base with Scene 0's payload cut to 5 bytes, CRC recomputed",
+)
 def scene_payload_tiny():
     _, rec = _base_record(SCENE_AT)
     return _base_case(errors.LengthError, SCENE_AT, payload_with(rec, lambda p: p[:5]))
 
 
-@vector("invalid", "§6.2, §7.2 R10", "a Keyframe payload of 3 bytes, too short to hold its rank",
-        "_base with Keyframe 4's payload cut to 3 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R10",
+    "a Keyframe payload of 3 bytes, too short to hold its rank",
+    "_base with Keyframe 4's payload cut to 3 bytes, CRC recomputed",
+)
 def keyframe_payload_tiny():
     _, rec = _base_record(KEY4_AT)
     return _base_case(errors.LengthError, KEY4_AT, payload_with(rec, lambda p: p[:3]))
 
 
-@vector("invalid", "§6.5, §7.2 R20", "a SeekIndex payload of 2 bytes, too short to hold entry_count",
-        "_base with the SeekIndex payload cut to 2 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.5, §7.2 R20",
+    "a SeekIndex payload of 2 bytes, too short to hold entry_count",
+    "_base with the SeekIndex payload cut to 2 bytes, CRC recomputed",
+)
 def seek_index_payload_tiny():
     _, rec = _base_record(SEEK_AT)
     return _base_case(errors.LengthError, SEEK_AT, payload_with(rec, lambda p: p[:2]))
 
 
-@vector("invalid", "§6.6, §7.2 R22", "a Quality payload of 4 bytes, shorter than its fixed part",
-        "_base with the Quality payload cut to 4 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.6, §7.2 R22",
+    "a Quality payload of 4 bytes, shorter than its fixed part",
+    "_base with the Quality payload cut to 4 bytes, CRC recomputed",
+)
 def quality_payload_tiny():
     _, rec = _base_record(QUALITY_AT)
     return _base_case(errors.LengthError, QUALITY_AT, payload_with(rec, lambda p: p[:4]))
 
 
-@vector("invalid", "§6.4, §7.2 R18", "EncoderSettings that is not UTF-8",
-        "_base with EncoderSettings payload {\"a\":\"<byte 0xff>\"}, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.4, §7.2 R18",
+    "EncoderSettings that is not UTF-8",
+    '_base with EncoderSettings payload {"a":"<byte 0xff>"}, CRC recomputed',
+)
 def encoder_settings_not_utf8():
     _, rec = _base_record(SETTINGS_AT)
     return _base_case(errors.ForbiddenValueError, SETTINGS_AT, payload_with(rec, lambda p: b'{"a":"\xff"}'))
 
 
-@vector("invalid", "§6.1.1, §12.5, §7.2 R5", "latent_format 4, not in the table",
-        "_base with Scene latent_format 4, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.1.1, §12.5, §7.2 R5",
+    "latent_format 4, not in the table",
+    "_base with Scene latent_format 4, CRC recomputed",
+)
 def latent_format_undefined():
     h, rec = _base_record(SCENE_AT)
     return _base_case(errors.ForbiddenValueError, SCENE_AT, record_with(rec, h, latent_format=4))
 
 
-@vector("invalid", "§6.1.1, §7.2 R9", "a float32 latent holding a NaN",
-        "_base with Scene latent value 0 set to NaN 0x7fc00000, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.1.1, §7.2 R9",
+    "a float32 latent holding a NaN",
+    "_base with Scene latent value 0 set to NaN 0x7fc00000, CRC recomputed",
+)
 def latent_nan():
     h, rec = _base_record(SCENE_AT)
     _, payload = record_parts(rec)
@@ -982,80 +1322,119 @@ def latent_nan():
     return _base_case(errors.ForbiddenValueError, SCENE_AT, record_with(rec, h, latent=F32_NAN + latent[4:]))
 
 
-@vector("invalid", "§6.1.1, §7.2 R8", "latent_scale 2.0 on a float32 latent (must be 1.0)",
-        "_base with Scene latent_scale 2.0, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.1.1, §7.2 R8",
+    "latent_scale 2.0 on a float32 latent (must be 1.0)",
+    "_base with Scene latent_scale 2.0, CRC recomputed",
+)
 def float_latent_scale_not_one():
     h, rec = _base_record(SCENE_AT)
     return _base_case(errors.ForbiddenValueError, SCENE_AT, record_with(rec, h, latent_scale=2.0))
 
 
-@vector("invalid", "§6.1.1, §7.2 R7", "latent_scale 0 on an int8 latent (must be finite and positive)",
-        "latent_int8 with Scene latent_scale 0.0, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.1.1, §7.2 R7",
+    "latent_scale 0 on an int8 latent (must be finite and positive)",
+    "latent_int8 with Scene latent_scale 0.0, CRC recomputed",
+)
 def int8_latent_scale_zero():
     h, lay = make_header(3), Layout.of(latent_int8())
     lay.records[0] = record_with(lay.records[0], h, latent_scale=0.0)
     return Invalid(lay.bytes(), errors.ForbiddenValueError, lay.start(0))
 
 
-@vector("invalid", "§6.2, §7.2 R11", "keyframe rank 0",
-        "_base with Keyframe 4 rank 0 and empty u, v (payload 23 bytes), CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R11",
+    "keyframe rank 0",
+    "_base with Keyframe 4 rank 0 and empty u, v (payload 23 bytes), CRC recomputed",
+)
 def rank_zero():
     h, rec = _base_record(KEY4_AT)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, rank=0, u=b"", v=b""))
 
 
-@vector("invalid", "§6.2, §7.2 R14", "keyframe rank 5 > min(m, n) = 4",
-        "_base with Keyframe 4 rank 5 and u, v of 4x5 and 5x6 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R14",
+    "keyframe rank 5 > min(m, n) = 4",
+    "_base with Keyframe 4 rank 5 and u, v of 4x5 and 5x6 bytes, CRC recomputed",
+)
 def rank_over_min():
     h, rec = _base_record(KEY4_AT)
     u, v = det_bytes("rank_over_min/u", 20), det_bytes("rank_over_min/v", 30)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, rank=5, u=u, v=v))
 
 
-@vector("invalid", "§6.2, §12.6, §7.2 R13", "quant_scheme 0, not in the table",
-        "_base with Keyframe 4 quant_scheme 0, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §12.6, §7.2 R13",
+    "quant_scheme 0, not in the table",
+    "_base with Keyframe 4 quant_scheme 0, CRC recomputed",
+)
 def quant_scheme_undefined():
     h, rec = _base_record(KEY4_AT)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, quant_scheme=0))
 
 
-@vector("invalid", "§6.2, §7.2 R15", "u_scale NaN",
-        "_base with Keyframe 4 u_scale NaN, CRC recomputed")
+@vector("invalid", "§6.2, §7.2 R15", "u_scale NaN", "_base with Keyframe 4 u_scale NaN, CRC recomputed")
 def u_scale_nan():
     h, rec = _base_record(KEY4_AT)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, u_scale=math.nan))
 
 
-@vector("invalid", "§6.2, §7.2 R15", "v_scale 0 (must be finite and positive)",
-        "_base with Keyframe 4 v_scale 0.0, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R15",
+    "v_scale 0 (must be finite and positive)",
+    "_base with Keyframe 4 v_scale 0.0, CRC recomputed",
+)
 def v_scale_zero():
     h, rec = _base_record(KEY4_AT)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, v_scale=0.0))
 
 
-@vector("invalid", "§6.2, §7.2 R16", "u_zero_point 128, outside [-128, 127]",
-        "_base with Keyframe 4 u_zero_point 128.0, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R16",
+    "u_zero_point 128, outside [-128, 127]",
+    "_base with Keyframe 4 u_zero_point 128.0, CRC recomputed",
+)
 def zero_point_out_of_range():
     h, rec = _base_record(KEY4_AT)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, u_zero_point=128.0))
 
 
-@vector("invalid", "§6.2, §7.2 R16", "v_zero_point 0.5, not an integer",
-        "_base with Keyframe 4 v_zero_point 0.5, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.2, §7.2 R16",
+    "v_zero_point 0.5, not an integer",
+    "_base with Keyframe 4 v_zero_point 0.5, CRC recomputed",
+)
 def zero_point_fractional():
     h, rec = _base_record(KEY4_AT)
     return _base_case(errors.ForbiddenValueError, KEY4_AT, record_with(rec, h, v_zero_point=0.5))
 
 
-@vector("invalid", "§6.4, §7.2 R18", "EncoderSettings that is not JSON",
-        "_base with EncoderSettings payload b'{not json', CRC recomputed")
+@vector(
+    "invalid",
+    "§6.4, §7.2 R18",
+    "EncoderSettings that is not JSON",
+    "_base with EncoderSettings payload b'{not json', CRC recomputed",
+)
 def encoder_settings_not_json():
     _, rec = _base_record(SETTINGS_AT)
     return _base_case(errors.ForbiddenValueError, SETTINGS_AT, payload_with(rec, lambda p: b"{not json"))
 
 
-@vector("invalid", "§6.4, §7.2 R19", "EncoderSettings holding a JSON array instead of an object",
-        "_base with EncoderSettings payload b'[1,2,3]', CRC recomputed")
+@vector(
+    "invalid",
+    "§6.4, §7.2 R19",
+    "EncoderSettings holding a JSON array instead of an object",
+    "_base with EncoderSettings payload b'[1,2,3]', CRC recomputed",
+)
 def encoder_settings_not_object():
     _, rec = _base_record(SETTINGS_AT)
     return _base_case(errors.ForbiddenValueError, SETTINGS_AT, payload_with(rec, lambda p: b"[1,2,3]"))
@@ -1070,27 +1449,35 @@ def _reordered(order: list[int], error_at: int) -> Invalid:
     return Invalid(lay.bytes(), errors.RecordOrderError, lay.start(error_at))
 
 
-@vector("invalid", "§5.1 O1, §7.3 D1", "a Keyframe before any Scene",
-        "_base with Scene 0 and Keyframe 0 swapped")
+@vector("invalid", "§5.1 O1, §7.3 D1", "a Keyframe before any Scene", "_base with Scene 0 and Keyframe 0 swapped")
 def keyframe_before_scene():
     return _reordered([SETTINGS_AT, KEY0_AT, SCENE_AT, *range(KEY4_AT, END_AT + 1)], 1)
 
 
-@vector("invalid", "§5.1 O5, §7.3 D5", "keyframe frame indices decrease (0, 8, 4)",
-        "_base with Keyframes 4 and 8 swapped")
+@vector(
+    "invalid", "§5.1 O5, §7.3 D5", "keyframe frame indices decrease (0, 8, 4)", "_base with Keyframes 4 and 8 swapped"
+)
 def keyframe_not_increasing():
     return _reordered([SETTINGS_AT, SCENE_AT, KEY0_AT, KEY8_AT, KEY4_AT, *range(QUALITY_AT, END_AT + 1)], KEY8_AT)
 
 
-@vector("invalid", "§5.1 O5, §7.3 D5", "the same keyframe index twice (0, 4, 4)",
-        "_base with Keyframe 8's frame_index set to 4, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O5, §7.3 D5",
+    "the same keyframe index twice (0, 4, 4)",
+    "_base with Keyframe 8's frame_index set to 4, CRC recomputed",
+)
 def keyframe_repeated():
     h, rec = _base_record(KEY8_AT)
     return _base_case(errors.RecordOrderError, KEY8_AT, record_with(rec, h, frame_index=4))
 
 
-@vector("invalid", "§5.1 O4, §7.3 D4", "a scene's first keyframe is not its first frame (Scene 0, Keyframe 1)",
-        "_base with Keyframe 0's frame_index set to 1, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O4, §7.3 D4",
+    "a scene's first keyframe is not its first frame (Scene 0, Keyframe 1)",
+    "_base with Keyframe 0's frame_index set to 1, CRC recomputed",
+)
 def scene_first_keyframe_late():
     h, rec = _base_record(KEY0_AT)
     return _base_case(errors.RecordOrderError, KEY0_AT, record_with(rec, h, frame_index=1))
@@ -1099,66 +1486,98 @@ def scene_first_keyframe_late():
 def _two_scenes() -> tuple[FileHeader, Layout]:
     """0 Scene 0, 1-2 Keyframes 0/2, 3 Scene 3, 4-5 Keyframes 3/5, 6 SeekIndex, 7 End."""
     h = make_header(6)
-    return h, Layout.of(write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 2), scene(h, 3), keyframe(h, 3),
-                                  keyframe(h, 5)]))
+    return h, Layout.of(
+        write(h, [scene(h, 0), keyframe(h, 0), keyframe(h, 2), scene(h, 3), keyframe(h, 3), keyframe(h, 5)])
+    )
 
 
-@vector("invalid", "§5.1 O3, §7.3 D3", "a scene that does not start at the frame after the previous keyframe (4, not 3)",
-        "_two_scenes with Scene 3's first_frame set to 4, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O3, §7.3 D3",
+    "a scene that does not start at the frame after the previous keyframe (4, not 3)",
+    "_two_scenes with Scene 3's first_frame set to 4, CRC recomputed",
+)
 def scene_not_after_keyframe():
     h, lay = _two_scenes()
     lay.records[3] = record_with(lay.records[3], h, first_frame=4)
     return Invalid(lay.bytes(), errors.RecordOrderError, lay.start(3))
 
 
-@vector("invalid", "§5.1 O2, §7.3 D2", "a scene with no keyframe, followed by another scene",
-        "_two_scenes without Keyframes 0 and 2")
+@vector(
+    "invalid",
+    "§5.1 O2, §7.3 D2",
+    "a scene with no keyframe, followed by another scene",
+    "_two_scenes without Keyframes 0 and 2",
+)
 def scene_without_keyframe():
     _, lay = _two_scenes()
     del lay.records[1:3]
     return Invalid(lay.bytes(), errors.RecordOrderError, lay.start(1))
 
 
-@vector("invalid", "§5.1 O7, §7.3 D7", "an End record with no scene before it",
-        "minimal's header followed by End 0/0/0/0")
+@vector(
+    "invalid", "§5.1 O7, §7.3 D7", "an End record with no scene before it", "minimal's header followed by End 0/0/0/0"
+)
 def end_without_scene():
     h, lay = _minimal()
     return Invalid(lay.head + codec.record_to_bytes(EndRecord(0, 0, 0, 0), h), errors.RecordOrderError, len(lay.head))
 
 
-@vector("invalid", "§5.1 O7, §7.3 D7", "End right after a Scene that has no Keyframe",
-        "_two_scenes without Keyframes 3 and 5 and its SeekIndex; End totals match the records")
+@vector(
+    "invalid",
+    "§5.1 O7, §7.3 D7",
+    "End right after a Scene that has no Keyframe",
+    "_two_scenes without Keyframes 3 and 5 and its SeekIndex; End totals match the records",
+)
 def end_after_scene_without_keyframe():
     h, lay = _two_scenes()
     del lay.records[4:7]
-    lay.records[-1] = record_with(lay.records[-1], h, frame_count=3, scene_count=2, keyframe_count=2, seek_index_offset=0)
+    lay.records[-1] = record_with(
+        lay.records[-1], h, frame_count=3, scene_count=2, keyframe_count=2, seek_index_offset=0
+    )
     return Invalid(lay.bytes(), errors.RecordOrderError, lay.start(4))
 
 
-@vector("invalid", "§5.1 O8, §7.3 D8", "End keyframe_count 4 where the stream holds 3 keyframes",
-        "_base with End keyframe_count 4, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O8, §7.3 D8",
+    "End keyframe_count 4 where the stream holds 3 keyframes",
+    "_base with End keyframe_count 4, CRC recomputed",
+)
 def end_totals_wrong():
     h, rec = _base_record(END_AT)
     return _base_case(errors.RecordOrderError, END_AT, record_with(rec, h, keyframe_count=4))
 
 
-@vector("invalid", "§5.1 O10, §7.3 D10", "header frame_count 10 where End (and the stream) say 9",
-        "_base with header frame_count 10, header CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O10, §7.3 D10",
+    "header frame_count 10 where End (and the stream) say 9",
+    "_base with header frame_count 10, header CRC recomputed",
+)
 def end_frame_count_differs_from_header():
     _, lay = _base()
     lay.head = header_with(lay.head, frame_count=10)
     return Invalid(lay.bytes(), errors.RecordOrderError, lay.start(END_AT))
 
 
-@vector("invalid", "§5.1 O9, §7.3 D9", "End seek_index_offset 0 although a SeekIndex record is present",
-        "_base with End seek_index_offset 0, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O9, §7.3 D9",
+    "End seek_index_offset 0 although a SeekIndex record is present",
+    "_base with End seek_index_offset 0, CRC recomputed",
+)
 def end_seek_index_offset_wrong():
     h, rec = _base_record(END_AT)
     return _base_case(errors.RecordOrderError, END_AT, record_with(rec, h, seek_index_offset=0))
 
 
-@vector("invalid", "§5.1 O6, §7.3 D6", "a SeekIndex entry whose byte_offset is not its Scene record's offset",
-        "_base with SeekIndex entry 0 byte_offset + 1, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O6, §7.3 D6",
+    "a SeekIndex entry whose byte_offset is not its Scene record's offset",
+    "_base with SeekIndex entry 0 byte_offset + 1, CRC recomputed",
+)
 def seek_index_entry_wrong():
     h, rec = _base_record(SEEK_AT)
     _, payload = record_parts(rec)
@@ -1167,15 +1586,18 @@ def seek_index_entry_wrong():
     return _base_case(errors.RecordOrderError, SEEK_AT, record_with(rec, h, entries=entries))
 
 
-@vector("invalid", "§5.3, §7.3 D11", "3 zero bytes after the End record",
-        "_base with b'\\x00\\x00\\x00' appended")
+@vector("invalid", "§5.3, §7.3 D11", "3 zero bytes after the End record", "_base with b'\\x00\\x00\\x00' appended")
 def trailing_data():
     _, lay = _base()
     return Invalid(lay.bytes() + bytes(3), errors.TrailingDataError, lay.start(END_AT + 1))
 
 
-@vector("invalid", "§5.3, §7.3 D11", "a complete, valid record after the End record",
-        "_base with a copy of its Quality record appended")
+@vector(
+    "invalid",
+    "§5.3, §7.3 D11",
+    "a complete, valid record after the End record",
+    "_base with a copy of its Quality record appended",
+)
 def record_after_end():
     _, lay = _base()
     return Invalid(lay.bytes() + lay.records[QUALITY_AT], errors.TrailingDataError, lay.start(END_AT + 1))
@@ -1199,50 +1621,84 @@ def _thumb0() -> bytes:
     return Layout.of(recon_thumbnails()).records[T_THUMB0_AT]
 
 
-@vector("invalid", "§6.8, §7.2 R24", "a ReconThumbnail payload of 6 bytes, shorter than its fixed part",
-        "recon_thumbnails with ReconThumbnail 0's payload cut to 6 bytes, CRC recomputed")
+@vector(
+    "invalid",
+    "§6.8, §7.2 R24",
+    "a ReconThumbnail payload of 6 bytes, shorter than its fixed part",
+    "recon_thumbnails with ReconThumbnail 0's payload cut to 6 bytes, CRC recomputed",
+)
 def recon_thumbnail_payload_tiny():
     return _thumbs_case(errors.LengthError, T_THUMB0_AT, payload_with(_thumb0(), lambda p: p[:6]))
 
 
-@vector("invalid", "§6.8, §7.2 R25", "a ReconThumbnail of 15x16 that holds 16x16 samples",
-        "recon_thumbnails with ReconThumbnail 0's thumbnail_width 15 (256 samples kept), CRC recomputed")
+@vector(
+    "invalid",
+    "§6.8, §7.2 R25",
+    "a ReconThumbnail of 15x16 that holds 16x16 samples",
+    "recon_thumbnails with ReconThumbnail 0's thumbnail_width 15 (256 samples kept), CRC recomputed",
+)
 def recon_thumbnail_length_mismatch():
-    return _thumbs_case(errors.LengthError, T_THUMB0_AT, payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<H", 15) + p[6:]))
+    return _thumbs_case(
+        errors.LengthError, T_THUMB0_AT, payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<H", 15) + p[6:])
+    )
 
 
-@vector("invalid", "§6.8, §7.2 R26", "an empty ReconThumbnail: thumbnail_width 0",
-        "recon_thumbnails with ReconThumbnail 0 of 0x16 and no samples (payload 8 bytes), CRC recomputed")
+@vector(
+    "invalid",
+    "§6.8, §7.2 R26",
+    "an empty ReconThumbnail: thumbnail_width 0",
+    "recon_thumbnails with ReconThumbnail 0 of 0x16 and no samples (payload 8 bytes), CRC recomputed",
+)
 def recon_thumbnail_empty():
-    return _thumbs_case(errors.ForbiddenValueError, T_THUMB0_AT,
-                        payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<HH", 0, 16)))
+    return _thumbs_case(
+        errors.ForbiddenValueError, T_THUMB0_AT, payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<HH", 0, 16))
+    )
 
 
-@vector("invalid", "§6.8, §7.2 R27", "a ReconThumbnail of 17x16, wider than the 16x16 coded frame",
-        "recon_thumbnails with ReconThumbnail 0 of 17x16 (272 samples), CRC recomputed")
+@vector(
+    "invalid",
+    "§6.8, §7.2 R27",
+    "a ReconThumbnail of 17x16, wider than the 16x16 coded frame",
+    "recon_thumbnails with ReconThumbnail 0 of 17x16 (272 samples), CRC recomputed",
+)
 def recon_thumbnail_too_large():
-    return _thumbs_case(errors.ForbiddenValueError, T_THUMB0_AT,
-                        payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<HH", 17, 16) + p[8:] + bytes(16)))
+    return _thumbs_case(
+        errors.ForbiddenValueError,
+        T_THUMB0_AT,
+        payload_with(_thumb0(), lambda p: p[:4] + struct.pack("<HH", 17, 16) + p[8:] + bytes(16)),
+    )
 
 
-@vector("invalid", "§5.1 O12, §7.3 D12", "a ReconThumbnail before any Keyframe",
-        "recon_thumbnails with Keyframe 0 and ReconThumbnail 0 swapped")
+@vector(
+    "invalid",
+    "§5.1 O12, §7.3 D12",
+    "a ReconThumbnail before any Keyframe",
+    "recon_thumbnails with Keyframe 0 and ReconThumbnail 0 swapped",
+)
 def recon_thumbnail_before_keyframe():
     lay = Layout.of(recon_thumbnails())
     lay.records[T_KEY0_AT], lay.records[T_THUMB0_AT] = lay.records[T_THUMB0_AT], lay.records[T_KEY0_AT]
     return _thumbs_case(errors.RecordOrderError, T_KEY0_AT, layout=lay)
 
 
-@vector("invalid", "§5.1 O12, §7.3 D12", "a ReconThumbnail for keyframe 0 after Keyframe 4",
-        "recon_thumbnails with ReconThumbnail 4's frame_index set to 0, CRC recomputed")
+@vector(
+    "invalid",
+    "§5.1 O12, §7.3 D12",
+    "a ReconThumbnail for keyframe 0 after Keyframe 4",
+    "recon_thumbnails with ReconThumbnail 4's frame_index set to 0, CRC recomputed",
+)
 def recon_thumbnail_wrong_frame():
     h = make_header(9)
     rec = Layout.of(recon_thumbnails()).records[T_THUMB4_AT]
     return _thumbs_case(errors.RecordOrderError, T_THUMB4_AT, record_with(rec, h, frame_index=0))
 
 
-@vector("invalid", "§5.1 O13, §7.3 D13", "two ReconThumbnails for keyframe 0",
-        "recon_thumbnails with a copy of ReconThumbnail 0 inserted after it")
+@vector(
+    "invalid",
+    "§5.1 O13, §7.3 D13",
+    "two ReconThumbnails for keyframe 0",
+    "recon_thumbnails with a copy of ReconThumbnail 0 inserted after it",
+)
 def recon_thumbnail_repeated():
     lay = Layout.of(recon_thumbnails())
     lay.records.insert(T_THUMB0_AT + 1, lay.records[T_THUMB0_AT])

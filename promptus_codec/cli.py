@@ -14,7 +14,14 @@ import click
 
 from promptus_codec import __version__
 from promptus_codec.cli_options import (
-    BITRATE, FRACTION, SIZE, device_option, dtype_option, model_option, quiet_option, weights_option,
+    BITRATE,
+    FRACTION,
+    SIZE,
+    device_option,
+    dtype_option,
+    model_option,
+    quiet_option,
+    weights_option,
 )
 from promptus_codec.container.records import LatentFormat
 from promptus_codec.decoder.driver import DEFAULT_MAX_BATCH
@@ -94,105 +101,247 @@ def import_legacy(folder, output, fps, model_name):
 @main.command()
 @click.argument("input", type=str)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .prx file to write.")
-@click.option("--bitrate", type=BITRATE, default=None, help="Target total bitrate, e.g. 225k. Rate control picks rank and interval.")
+@click.option(
+    "--bitrate",
+    type=BITRATE,
+    default=None,
+    help="Target total bitrate, e.g. 225k. Rate control picks rank and interval.",
+)
 @click.option("--rank", type=int, default=None, help="Force the rank of every keyframe.")
 @click.option("--interval", type=int, default=None, help="Force the keyframe interval K (frames).")
-@click.option("--min-rank", type=int, default=EncodeOptions.min_rank, show_default=True,
-              help="Rate control keeps at least this rank while shortening K.")
+@click.option(
+    "--min-rank",
+    type=int,
+    default=EncodeOptions.min_rank,
+    show_default=True,
+    help="Rate control keeps at least this rank while shortening K.",
+)
 @model_option("tiny")
 @weights_option
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=EncodeOptions.preset, show_default=True, help="Fitting effort.")
-@click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
-@click.option("--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe.")
-@click.option("--lr", type=float, default=None, help="Override the preset: Adam learning rate.")
-@click.option("--alpha", type=float, default=None, help=f"Weight of MSE in the loss; 1 - alpha goes to LPIPS (default {FitConfig.alpha}).")
-@click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
-@click.option("--no-warm-start", is_flag=True, help="Start each keyframe from random factors, not the previous keyframe's (--init random).")
 @click.option(
-    "--init", type=click.Choice(INITS), default=FitConfig.init, show_default=True,
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=EncodeOptions.preset,
+    show_default=True,
+    help="Fitting effort.",
+)
+@click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
+@click.option(
+    "--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe."
+)
+@click.option("--lr", type=float, default=None, help="Override the preset: Adam learning rate.")
+@click.option(
+    "--alpha",
+    type=float,
+    default=None,
+    help=f"Weight of MSE in the loss; 1 - alpha goes to LPIPS (default {FitConfig.alpha}).",
+)
+@click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
+@click.option(
+    "--no-warm-start",
+    is_flag=True,
+    help="Start each keyframe from random factors, not the previous keyframe's (--init random).",
+)
+@click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default=FitConfig.init,
+    show_default=True,
     help="Where fitting starts: the model's prompt encoder (amortized; mini has one), the previous keyframe (warm), "
     "or random. auto: amortized where the model has a prompt encoder, else warm.",
 )
 @click.option(
-    "--perceptual", type=click.Choice(PERCEPTUAL_LOSSES), default="auto", show_default=True,
+    "--perceptual",
+    type=click.Choice(PERCEPTUAL_LOSSES),
+    default="auto",
+    show_default=True,
     help="lpips (needs AlexNet weights in the torch hub cache), none, or auto: lpips when its weights are present.",
 )
-@click.option("--size", type=SIZE, default=None, help="Coded size WxH, multiples of 64 (default: short side 512, aspect kept).")
+@click.option(
+    "--size", type=SIZE, default=None, help="Coded size WxH, multiples of 64 (default: short side 512, aspect kept)."
+)
 @click.option("--fit", "fit_mode", type=click.Choice(FIT_MODES), default=EncodeOptions.fit_mode, show_default=True)
 @click.option("--fps", type=FRACTION, default=None, help="Override the source frame rate, e.g. 30000/1001.")
-@click.option("--refresh", type=float, default=EncodeOptions.refresh_s, show_default=True,
-              help="Start a new scene at least every N seconds (0 = only at cuts).")
 @click.option(
-    "--scene-detector", type=click.Choice(DETECTORS), default=EncodeOptions.scene_detector, show_default=True,
+    "--refresh",
+    type=float,
+    default=EncodeOptions.refresh_s,
+    show_default=True,
+    help="Start a new scene at least every N seconds (0 = only at cuts).",
+)
+@click.option(
+    "--scene-detector",
+    type=click.Choice(DETECTORS),
+    default=EncodeOptions.scene_detector,
+    show_default=True,
     help="Cut detection: PySceneDetect's content or adaptive detector on pixels, or the paper's latent change (A.1).",
 )
 @click.option(
-    "--cut-threshold", type=float, default=None,
-    help="The scene detector's threshold. Defaults: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_THRESHOLDS.items()) + ".",
+    "--cut-threshold",
+    type=float,
+    default=None,
+    help="The scene detector's threshold. Defaults: "
+    + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_THRESHOLDS.items())
+    + ".",
 )
-@click.option("--latent-format", type=click.Choice([f.name.lower() for f in LatentFormat]),
-              default=EncodeOptions.latent_format.name.lower(), show_default=True, help="Storage of the scene latents.")
+@click.option(
+    "--latent-format",
+    type=click.Choice([f.name.lower() for f in LatentFormat]),
+    default=EncodeOptions.latent_format.name.lower(),
+    show_default=True,
+    help="Storage of the scene latents.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted encode from OUTPUT.partial.")
 @click.option("--recon", default=None, help="Also write the encoder's own reconstruction (y4m, mp4 or PNG folder).")
 @click.option(
-    "--verify-record/--no-verify-record", default=EncodeOptions.verify_record, show_default=True,
+    "--verify-record/--no-verify-record",
+    default=EncodeOptions.verify_record,
+    show_default=True,
     help="After each keyframe, a ReconThumbnail record (16x16 luma of the encoder's reconstruction, 274 bytes) "
     "that decode --verify compares against.",
 )
 @device_option
 @dtype_option
 @quiet_option
-def encode(input, output, bitrate, rank, interval, min_rank, model, weights, preset, iterations, first_iterations, lr,
-           alpha, beta, no_warm_start, init, perceptual, size, fit_mode, fps, refresh, scene_detector, cut_threshold,
-           latent_format, resume, recon, verify_record, device, dtype, quiet):
+def encode(
+    input,
+    output,
+    bitrate,
+    rank,
+    interval,
+    min_rank,
+    model,
+    weights,
+    preset,
+    iterations,
+    first_iterations,
+    lr,
+    alpha,
+    beta,
+    no_warm_start,
+    init,
+    perceptual,
+    size,
+    fit_mode,
+    fps,
+    refresh,
+    scene_detector,
+    cut_threshold,
+    latent_format,
+    resume,
+    recon,
+    verify_record,
+    device,
+    dtype,
+    quiet,
+):
     """Encode a video (mp4/mkv/mov/webm, .y4m or '-' for y4m on stdin, or a folder of PNG/JPEG frames)."""
     from promptus_codec.encoder.cli_run import check_paths, run_encode
     from promptus_codec.metrics.perceptual import resolve_perceptual
 
     check_paths(input, output, recon)  # before any work: a missing input or folder, or the input itself
     overrides = {
-        "iterations": iterations, "first_iterations": first_iterations, "lr": lr, "alpha": alpha, "temporal_beta": beta,
+        "iterations": iterations,
+        "first_iterations": first_iterations,
+        "lr": lr,
+        "alpha": alpha,
+        "temporal_beta": beta,
         "init": "random" if no_warm_start else init,
     }
     options = EncodeOptions(
-        target_kbps=bitrate, rank=rank, interval=interval, min_rank=min_rank, preset=preset, size=size,
-        fit_mode=fit_mode, fps=fps, refresh_s=refresh, scene_detector=scene_detector, cut_threshold=cut_threshold,
+        target_kbps=bitrate,
+        rank=rank,
+        interval=interval,
+        min_rank=min_rank,
+        preset=preset,
+        size=size,
+        fit_mode=fit_mode,
+        fps=fps,
+        refresh_s=refresh,
+        scene_detector=scene_detector,
+        cut_threshold=cut_threshold,
         latent_format=LatentFormat[latent_format.upper()],
-        perceptual=resolve_perceptual(perceptual, preset, warn=lambda message: click.echo(f"promptus: warning: {message}", err=True)),
+        perceptual=resolve_perceptual(
+            perceptual, preset, warn=lambda message: click.echo(f"promptus: warning: {message}", err=True)
+        ),
         fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None and v != "auto")),
         verify_record=verify_record,
     )
-    run_encode(input, output, options, model_name=model, weights=weights, device=device, dtype=dtype, quiet=quiet,
-               resume=resume, recon=recon)
+    run_encode(
+        input,
+        output,
+        options,
+        model_name=model,
+        weights=weights,
+        device=device,
+        dtype=dtype,
+        quiet=quiet,
+        resume=resume,
+        recon=recon,
+    )
 
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, help="OUT.y4m, '-' (y4m on stdout), OUT.mp4, or a folder for PNG frames.")
+@click.option(
+    "-o", "--output", required=True, help="OUT.y4m, '-' (y4m on stdout), OUT.mp4, or a folder for PNG frames."
+)
 @model_option(None, " Default: the stream's own model.")
 @weights_option
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
-@click.option("--chroma", type=click.Choice(["420", "444"]), default="420", show_default=True, help="y4m/mp4 chroma subsampling.")
+@click.option(
+    "--chroma", type=click.Choice(["420", "444"]), default="420", show_default=True, help="y4m/mp4 chroma subsampling."
+)
 @click.option("--crf", type=int, default=18, show_default=True, help="mp4 (H.264) quality: lower is better.")
 @click.option("--restore-size", is_flag=True, help="Scale back to the source geometry stored in the header.")
 @click.option("--batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="Frames per generation call.")
 @click.option(
-    "--verify", is_flag=True,
+    "--verify",
+    is_flag=True,
     help="Compare each keyframe with the encoder's ReconThumbnail record and report the PSNR; exit 3 (frames still "
     "written) when one is below --verify-min-psnr.",
 )
-@click.option("--verify-min-psnr", type=float, default=None, help=f"Threshold of --verify in dB (default {VERIFY_MIN_PSNR_DB:g}).")
+@click.option(
+    "--verify-min-psnr", type=float, default=None, help=f"Threshold of --verify in dB (default {VERIFY_MIN_PSNR_DB:g})."
+)
 @device_option
 @dtype_option
 @quiet_option
-def decode(input, output, model, weights, backend, chroma, crf, restore_size, batch, verify, verify_min_psnr, device,
-           dtype, quiet):
+def decode(
+    input,
+    output,
+    model,
+    weights,
+    backend,
+    chroma,
+    crf,
+    restore_size,
+    batch,
+    verify,
+    verify_min_psnr,
+    device,
+    dtype,
+    quiet,
+):
     """Decode a .prx stream to y4m, mp4 or PNG frames."""
     from promptus_codec.decoder.cli_run import run_decode
 
-    run_decode(input, output, model_name=model, weights=weights, backend=backend, chroma=chroma, crf=crf,
-               restore_size=restore_size, batch=batch, device=device, dtype=dtype, quiet=quiet,
-               verify=verify or verify_min_psnr is not None, verify_min_psnr=verify_min_psnr)
+    run_decode(
+        input,
+        output,
+        model_name=model,
+        weights=weights,
+        backend=backend,
+        chroma=chroma,
+        crf=crf,
+        restore_size=restore_size,
+        batch=batch,
+        device=device,
+        dtype=dtype,
+        quiet=quiet,
+        verify=verify or verify_min_psnr is not None,
+        verify_min_psnr=verify_min_psnr,
+    )
 
 
 def _register_tool_commands() -> None:

@@ -66,9 +66,7 @@ SIZE = SizeType()
 BITRATE = BitrateType()
 FRACTION = FractionType()
 
-MODEL_HELP = (
-    "tiny (built in, random weights), mini (built in, a small model trained here; not SD-Turbo) or sd-turbo."
-)
+MODEL_HELP = "tiny (built in, random weights), mini (built in, a small model trained here; not SD-Turbo) or sd-turbo."
 
 
 def model_option(default: str | None, extra_help: str = ""):
@@ -76,7 +74,9 @@ def model_option(default: str | None, extra_help: str = ""):
 
 
 weights_option = click.option(
-    "--weights", default=None, help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id (default: search)."
+    "--weights",
+    default=None,
+    help="sd-turbo weights: a .safetensors file, a diffusers folder or a hub id (default: search).",
 )
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 dtype_option = click.option(

@@ -21,15 +21,30 @@ def engine():
 @engine.command()
 @model_option("tiny")
 @weights_option
-@click.option("--batch", type=int, multiple=True, default=[10], show_default=True,
-              help="Frames per call: the keyframe interval. Repeat to export several (--batch 1 --batch 10 "
-                   "spares padding a scene's first frame).")
+@click.option(
+    "--batch",
+    type=int,
+    multiple=True,
+    default=[10],
+    show_default=True,
+    help="Frames per call: the keyframe interval. Repeat to export several (--batch 1 --batch 10 "
+    "spares padding a scene's first frame).",
+)
 @click.option("--size", type=SIZE, required=True, help="Coded frame size WxH.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Weights and activations of the graph (fp16 for GPUs; inputs and outputs stay float32).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Weights and activations of the graph (fp16 for GPUs; inputs and outputs stay float32).",
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
-@click.option("--verify", is_flag=True, help="Also run the graph with onnxruntime and print its max |difference| to torch.")
-@click.option("-o", "--output-dir", default=None, help="Folder to write to (default: $PROMPTUS_ENGINE_DIR, else ./engine).")
+@click.option(
+    "--verify", is_flag=True, help="Also run the graph with onnxruntime and print its max |difference| to torch."
+)
+@click.option(
+    "-o", "--output-dir", default=None, help="Folder to write to (default: $PROMPTUS_ENGINE_DIR, else ./engine)."
+)
 def export(model, weights, batch, size, precision, opset, verify, output_dir):
     """Export the generation step of a model to ONNX, one graph per --batch."""
     from promptus_codec.engine.export import compare_with_torch, export_graph
@@ -47,8 +62,12 @@ def export(model, weights, batch, size, precision, opset, verify, output_dir):
 
 @engine.command()
 @click.argument("graphs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Engine precision.")
-@click.option("-o", "--output-dir", default=None, help="Folder to write to (default: $PROMPTUS_ENGINE_DIR, else ./engine).")
+@click.option(
+    "--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Engine precision."
+)
+@click.option(
+    "-o", "--output-dir", default=None, help="Folder to write to (default: $PROMPTUS_ENGINE_DIR, else ./engine)."
+)
 def build(graphs, precision, output_dir):
     """Build (or find cached) TensorRT engines for exported GRAPHS (.onnx files from `engine export`)."""
     from pathlib import Path

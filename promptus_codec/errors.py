@@ -108,6 +108,4 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module} is not installed: run  pip install 'promptus-codec[{extra}]'"
-        ) from exc
+        raise MissingDependencyError(f"{module} is not installed: run  pip install 'promptus-codec[{extra}]'") from exc

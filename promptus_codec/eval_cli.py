@@ -15,7 +15,14 @@ import functools
 import click
 
 from promptus_codec.cli_options import (
-    BITRATE, FRACTION, SIZE, device_option, dtype_option, model_option, quiet_option, weights_option,
+    BITRATE,
+    FRACTION,
+    SIZE,
+    device_option,
+    dtype_option,
+    model_option,
+    quiet_option,
+    weights_option,
 )
 from promptus_codec.encoder.options import FIT_MODES, PERCEPTUAL_LOSSES, PRESETS, EncodeOptions
 
@@ -45,12 +52,23 @@ fit_choice = click.Choice(FIT_MODES)
 @click.command("eval")
 @click.argument("source", type=str)
 @click.argument("decoded", type=str)
-@click.option("--fit", type=fit_choice, default=None,
-              help="How the source was fitted onto the coded frame (the encoder's --fit); needed only when "
-                   "SOURCE and DECODED have different aspect ratios.")
-@click.option("--frame-tolerance", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Score the common frames when the counts differ by at most this many; refuse otherwise.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write per-frame scores as JSON.")
+@click.option(
+    "--fit",
+    type=fit_choice,
+    default=None,
+    help="How the source was fitted onto the coded frame (the encoder's --fit); needed only when "
+    "SOURCE and DECODED have different aspect ratios.",
+)
+@click.option(
+    "--frame-tolerance",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Score the common frames when the counts differ by at most this many; refuse otherwise.",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write per-frame scores as JSON."
+)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write per-frame scores as CSV.")
 @device_option
 @_one_line_errors
@@ -78,24 +96,55 @@ def eval_command(source, decoded, fit, frame_tolerance, json_path, csv_path, dev
 @click.option("--bitrates", required=True, help="Promptus target bitrates, comma-separated, e.g. 100k,225k,550k.")
 @model_option("tiny")
 @weights_option
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=EncodeOptions.preset, show_default=True,
-              help="Promptus fitting effort.")
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=EncodeOptions.preset,
+    show_default=True,
+    help="Promptus fitting effort.",
+)
 @click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
-@click.option("--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe.")
-@click.option("--perceptual", type=click.Choice(PERCEPTUAL_LOSSES), default="auto", show_default=True,
-              help="Promptus fitting loss: lpips, none, or auto (lpips when its AlexNet weights are here, else none).")
+@click.option(
+    "--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe."
+)
+@click.option(
+    "--perceptual",
+    type=click.Choice(PERCEPTUAL_LOSSES),
+    default="auto",
+    show_default=True,
+    help="Promptus fitting loss: lpips, none, or auto (lpips when its AlexNet weights are here, else none).",
+)
 @click.option("--size", type=SIZE, default=None, help="Coded size WxH, multiples of 64 (default: the encoder's).")
 @click.option("--fit", "fit_mode", type=fit_choice, default=EncodeOptions.fit_mode, show_default=True)
 @click.option("--fps", type=FRACTION, default=None, help="Override the source frame rate, e.g. 30000/1001.")
-@click.option("--baselines", default="x265,vvenc", show_default=True, help="Classic codecs, comma-separated: x265, vvenc, svtav1.")
+@click.option(
+    "--baselines", default="x265,vvenc", show_default=True, help="Classic codecs, comma-separated: x265, vvenc, svtav1."
+)
 @click.option("-o", "--outdir", default=None, help="Output folder (default: compare-<source name>).")
 @click.option("--keep-streams", is_flag=True, help="Also copy every coded stream into OUTDIR/streams/.")
 @device_option
 @dtype_option
 @quiet_option
 @_one_line_errors
-def compare_command(source, bitrates, model, weights, preset, iterations, first_iterations, perceptual, size, fit_mode, fps, baselines, outdir,
-                    keep_streams, device, dtype, quiet):
+def compare_command(
+    source,
+    bitrates,
+    model,
+    weights,
+    preset,
+    iterations,
+    first_iterations,
+    perceptual,
+    size,
+    fit_mode,
+    fps,
+    baselines,
+    outdir,
+    keep_streams,
+    device,
+    dtype,
+    quiet,
+):
     """Promptus against H.265 (x265) and H.266 (VVenC) on SOURCE, at the bitrates Promptus achieves.
 
     For each target: encode and decode with Promptus, encode the same coded frames with each
@@ -113,10 +162,19 @@ def compare_command(source, bitrates, model, weights, preset, iterations, first_
         raise click.BadParameter("give at least one bitrate, e.g. 100k,225k", param_hint="--bitrates")
     overrides = {"iterations": iterations, "first_iterations": first_iterations}
     options = CompareOptions(
-        bitrates_kbps=targets, model=model, weights=weights, preset=preset,
-        fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None)), perceptual=perceptual,
-        size=size, fit_mode=fit_mode, fps=fps,
-        baselines=tuple(_split(baselines)), device=device, dtype=dtype, keep_streams=keep_streams,
+        bitrates_kbps=targets,
+        model=model,
+        weights=weights,
+        preset=preset,
+        fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None)),
+        perceptual=perceptual,
+        size=size,
+        fit_mode=fit_mode,
+        fps=fps,
+        baselines=tuple(_split(baselines)),
+        device=device,
+        dtype=dtype,
+        keep_streams=keep_streams,
     )
     outdir = outdir or f"compare-{Path(source).stem}"
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))

@@ -20,7 +20,9 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_target(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), folder_ok: bool = False) -> None:
+def check_target(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), folder_ok: bool = False
+) -> None:
     """Refuse, before any work, an output that cannot be written or that would replace an input.
 
     ``folder_ok``: the target may be a folder (a PNG frame writer); the media writers check the rest.

@@ -86,7 +86,9 @@ def read_legacy_keyframe(path: Path, frame_index: int, prompt_shape: tuple[int, 
     )
 
 
-def import_legacy(folder: str | os.PathLike, output: str | os.PathLike, fps: Fraction, model_name: str = "sd-turbo") -> FileHeader:
+def import_legacy(
+    folder: str | os.PathLike, output: str | os.PathLike, fps: Fraction, model_name: str = "sd-turbo"
+) -> FileHeader:
     """Convert a reference prompt folder to ``output`` (written atomically); returns the header."""
     folder = Path(folder)
     if not folder.is_dir():

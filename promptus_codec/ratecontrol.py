@@ -86,7 +86,9 @@ def fixed_bytes(layout: StreamLayout, interval: int) -> int:
     scenes = len(layout.scene_lengths)
     keyframes = keyframe_count(layout, interval)
     total = header_bytes(layout.model_name)
-    total += scenes * schema.record_size(RecordType.SCENE, latent_format=layout.latent_format, latent_elements=c * h * w)
+    total += scenes * schema.record_size(
+        RecordType.SCENE, latent_format=layout.latent_format, latent_elements=c * h * w
+    )
     total += keyframes * keyframe_record_bytes(layout, 0)
     if layout.settings_bytes:
         total += schema.record_size(RecordType.ENCODER_SETTINGS, json_length=layout.settings_bytes)
@@ -156,7 +158,10 @@ def reachable_kbps(layout: StreamLayout) -> tuple[float, float]:
     longest = max(layout.scene_lengths)
     low = stream_bytes(layout, longest, [1] * keyframe_count(layout, longest))
     high = stream_bytes(layout, 1, [layout.max_rank] * layout.frame_count)
-    to_kbps = lambda b: float(b * 8 / layout.duration_s) / 1000  # noqa: E731
+
+    def to_kbps(total_bytes: int) -> float:
+        return float(total_bytes * 8 / layout.duration_s) / 1000
+
     return to_kbps(low), to_kbps(high)
 
 
@@ -187,7 +192,8 @@ def plan_rate(
     if not low <= target_kbps <= high:
         raise RateControlError(
             f"{target_kbps:g} kb/s cannot be reached for this clip: the reachable range is "
-            f"{low:.1f}-{high:.1f} kb/s ({_count(layout.frame_count, 'frame')}, {_count(len(layout.scene_lengths), 'scene')})"
+            f"{low:.1f}-{high:.1f} kb/s "
+            f"({_count(layout.frame_count, 'frame')}, {_count(len(layout.scene_lengths), 'scene')})"
         )
     candidates = [interval] if interval is not None else range(1, longest + 1)
     chosen = None

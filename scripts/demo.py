@@ -69,8 +69,24 @@ def main() -> None:
         synthetic_clip(source)
     stream, recon = OUT / "clip.prx", OUT / "recon.y4m"
     # LPIPS needs ImageNet weights that cannot be downloaded here, hence --perceptual none.
-    promptus("encode", str(source), "-o", str(stream), "--bitrate", "225k", "--model", "tiny", "--size", "128x128",
-             "--preset", "draft", "--perceptual", "none", "--recon", str(recon))
+    promptus(
+        "encode",
+        str(source),
+        "-o",
+        str(stream),
+        "--bitrate",
+        "225k",
+        "--model",
+        "tiny",
+        "--size",
+        "128x128",
+        "--preset",
+        "draft",
+        "--perceptual",
+        "none",
+        "--recon",
+        str(recon),
+    )
     promptus("inspect", str(stream))
     promptus("validate", str(stream))
     promptus("decode", str(stream), "-o", str(OUT / "decoded.y4m"))
@@ -78,7 +94,10 @@ def main() -> None:
     write_strip(source, OUT / "decoded.y4m", stream, OUT / "strip.png")
     same = filecmp.cmp(recon, OUT / "decoded.y4m", shallow=False)
     print(f"decoder output {'equals' if same else 'DIFFERS FROM'} the encoder's own reconstruction, bit for bit")
-    print(f"outputs in {OUT.relative_to(ROOT)}/ (strip.png: source and decoded frames, pair by pair; tiny's pictures are noise)")
+    print(
+        f"outputs in {OUT.relative_to(ROOT)}/ "
+        "(strip.png: source and decoded frames, pair by pair; tiny's pictures are noise)"
+    )
     sys.exit(0 if same else 1)
 
 

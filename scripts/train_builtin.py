@@ -54,7 +54,12 @@ from promptus_codec.container.records import GenerationConstants  # noqa: E402
 from promptus_codec.fileio import atomic_path  # noqa: E402
 from promptus_codec.models.fingerprint import fingerprint_state_dict, select  # noqa: E402
 from promptus_codec.models.mini import (  # noqa: E402
-    CONFIG_FILE, PROMPT_ENCODER_KEY, PROVENANCE_FILE, WEIGHTS_FILE, MiniConfig, PromptEncoder,
+    CONFIG_FILE,
+    PROMPT_ENCODER_KEY,
+    PROVENANCE_FILE,
+    WEIGHTS_FILE,
+    MiniConfig,
+    PromptEncoder,
 )
 from promptus_codec.models.tiny import PARTS, build_parts  # noqa: E402
 
@@ -167,6 +172,7 @@ def _crop(image: torch.Tensor, cx: float, cy: float, side: float, flip: bool, si
 
 def sample_batch(stills, clip, cfg: TrainConfig, g: torch.Generator, size: int):
     """Frames f_k, f_k+s, f_k+K for a batch, and (s, K): ((B, 3, size, size) x 3, (B,), (B,))."""
+
     def uniform(lo, hi):
         return lo + (hi - lo) * torch.rand((), generator=g).item()
 
@@ -264,20 +270,26 @@ def train_step(model: Mini, batch, cfg: TrainConfig, g: torch.Generator) -> dict
     f_k, f_s, f_K, steps, intervals = batch
     rank = int(torch.randint(cfg.min_rank, model.prompt_encoder.max_rank + 1, (), generator=g))
     latents = model.encode(torch.cat([f_k, f_s]))  # (2B, 4, h, w)
-    z_prev, z_target = latents[: len(f_k)], latents[len(f_k):]
+    z_prev, z_target = latents[: len(f_k)], latents[len(f_k) :]
     prompts = prompts_for(model, f_k, f_K, steps, intervals, rank)  # (B, 77, 1024)
     noise = torch.randn(z_prev.shape, generator=g)
     x0 = model.generate(z_prev.detach(), noise, prompts)  # (B, 4, h, w)
     pixels = model.decode(torch.cat([x0, z_target]))  # generated, then autoencoded
-    generated, autoencoded = pixels[: len(f_s)], pixels[len(f_s):]
+    generated, autoencoded = pixels[: len(f_s)], pixels[len(f_s) :]
     gen_mse = F.mse_loss(generated, f_s)
     ae_mse = F.mse_loss(autoencoded, f_s)
     latent_mse = F.mse_loss(x0, z_target.detach())
     scale = (latents.square().mean() - 1) ** 2
     loss = gen_mse + ae_mse + cfg.latent_weight * latent_mse + cfg.scale_weight * scale
     loss = loss + cfg.guide_weight * guide(latents, torch.cat([f_k, f_s]))
-    return dict(loss=loss, gen_mse=gen_mse.item(), ae_mse=ae_mse.item(), latent_mse=latent_mse.item(),
-                latent_ms=latents.detach().square().mean().item(), rank=rank)
+    return dict(
+        loss=loss,
+        gen_mse=gen_mse.item(),
+        ae_mse=ae_mse.item(),
+        latent_mse=latent_mse.item(),
+        latent_ms=latents.detach().square().mean().item(),
+        rank=rank,
+    )
 
 
 def guide(latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -292,8 +304,14 @@ def ae_step(model: Mini, batch, cfg: TrainConfig) -> dict[str, float | torch.Ten
     latents = model.encode(images)
     ae_mse = F.mse_loss(model.decode(latents), images)
     scale = (latents.square().mean() - 1) ** 2
-    return dict(loss=ae_mse + cfg.scale_weight * scale + cfg.guide_weight * guide(latents, images), gen_mse=float("nan"), ae_mse=ae_mse.item(),
-                latent_mse=float("nan"), latent_ms=latents.detach().square().mean().item(), rank=0)
+    return dict(
+        loss=ae_mse + cfg.scale_weight * scale + cfg.guide_weight * guide(latents, images),
+        gen_mse=float("nan"),
+        ae_mse=ae_mse.item(),
+        latent_mse=float("nan"),
+        latent_ms=latents.detach().square().mean().item(),
+        rank=0,
+    )
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -316,8 +334,15 @@ def psnr(mse: float) -> float:
 
 
 def save_checkpoint(path: Path, model, optimizer, g, step, log, cfg, wall) -> None:
-    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), generator=g.get_state(),
-                 step=step, log=log, config=asdict(cfg), wall_s=wall)
+    state = dict(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        generator=g.get_state(),
+        step=step,
+        log=log,
+        config=asdict(cfg),
+        wall_s=wall,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -368,7 +393,9 @@ def export(model: Mini, config: MiniConfig, cfg: TrainConfig, log: list, wall: f
             tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     for path in (WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE):
         path.chmod(0o644)
-    print(f"wrote {WEIGHTS_FILE} ({WEIGHTS_FILE.stat().st_size / 1e6:.2f} MB), {CONFIG_FILE.name}, {PROVENANCE_FILE.name}")
+    print(
+        f"wrote {WEIGHTS_FILE} ({WEIGHTS_FILE.stat().st_size / 1e6:.2f} MB), {CONFIG_FILE.name}, {PROVENANCE_FILE.name}"
+    )
 
 
 def _json_number(value):
@@ -389,7 +416,9 @@ def _final_losses(log: list, last: int = 100) -> dict[str, float | None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=TrainConfig.schedule_steps, help="stop after this many steps in all")
+    parser.add_argument(
+        "--steps", type=int, default=TrainConfig.schedule_steps, help="stop after this many steps in all"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from WORK/last.pt")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for checkpoints and the loss log")
     parser.add_argument("--export-only", action="store_true", help="write the shipped files from WORK/last.pt")
@@ -403,7 +432,11 @@ def main() -> int:
     torch.manual_seed(cfg.seed)
     model = Mini(config)
     with torch.no_grad():
-        calibrate_unet(model.unet, Calibration(key_gain=1.0, cross_gain=1.0, latent_sizes=(16,)), torch.Generator().manual_seed(cfg.seed + 1))
+        calibrate_unet(
+            model.unet,
+            Calibration(key_gain=1.0, cross_gain=1.0, latent_sizes=(16,)),
+            torch.Generator().manual_seed(cfg.seed + 1),
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     step, log, wall = 0, [], 0.0
@@ -446,7 +479,9 @@ def main() -> int:
         recent = log[-50:]
         gen = sum(r["gen_mse"] for r in recent) / len(recent)  # nan in phase 1
         ae = sum(r["ae_mse"] for r in recent) / len(recent)
-        bar.set_postfix_str(f"gen {psnr(gen):.2f} dB  ae {psnr(ae):.2f} dB  lat {row['latent_mse']:.3f}  |z|2 {row['latent_ms']:.2f}")
+        bar.set_postfix_str(
+            f"gen {psnr(gen):.2f} dB  ae {psnr(ae):.2f} dB  lat {row['latent_mse']:.3f}  |z|2 {row['latent_ms']:.2f}"
+        )
         bar.update()
         if step % cfg.checkpoint_every == 0 or step == args.steps:
             save_checkpoint(last, model, optimizer, g, step, log, cfg, wall)

@@ -182,7 +182,9 @@ def record_fields(record: Record) -> dict:
     if isinstance(record, UnknownAncillaryRecord) or record.record_type not in schema.PAYLOADS:
         return values
     whole = schema.PAYLOADS[record.record_type][1]
-    return {name: values[name] if name in values else _plain(getattr(record, name)) for name in schema.field_names(whole)}
+    return {
+        name: values[name] if name in values else _plain(getattr(record, name)) for name in schema.field_names(whole)
+    }
 
 
 def header_params(header: FileHeader) -> dict:
@@ -225,7 +227,9 @@ def check_header(h: FileHeader, offset: int | None = None) -> None:
         _forbid(r.width == 0 or r.height == 0, f"{name} is empty", offset)
         _forbid(r.x + r.width > w or r.y + r.height > ht, f"{name} lies outside its frame", offset)
     _forbid(h.frame_rate.numerator <= 0, "frame rate must be positive", offset)
-    _forbid(not 0 < h.prompt_tokens <= schema.MAX_PROMPT_TOKENS, f"prompt_tokens {h.prompt_tokens} out of range", offset)
+    _forbid(
+        not 0 < h.prompt_tokens <= schema.MAX_PROMPT_TOKENS, f"prompt_tokens {h.prompt_tokens} out of range", offset
+    )
     _forbid(not 0 < h.prompt_dim <= schema.MAX_PROMPT_DIM, f"prompt_dim {h.prompt_dim} out of range", offset)
     _forbid(0 in h.latent_shape, f"latent shape {h.latent_shape} is empty", offset)
     elements = h.latent_channels * h.latent_height * h.latent_width
@@ -246,7 +250,9 @@ def header_to_bytes(h: FileHeader) -> bytes:
     """The complete file header: preamble, body and CRC (spec §3)."""
     check_header(h)
     _forbid(h.flags != 0, f"flags {h.flags:#06x}: version 1.0 defines no flags; writers MUST write 0")
-    _forbid(h.minor_version != schema.MINOR_VERSION, f"this writer writes only the 1.{schema.MINOR_VERSION} header body")
+    _forbid(
+        h.minor_version != schema.MINOR_VERSION, f"this writer writes only the 1.{schema.MINOR_VERSION} header body"
+    )
     values = to_fields(h)
     body = schema.build(schema.header_body, values)
     preamble = schema.build(schema.header_preamble, {**values, "header_length": len(body)})
@@ -257,8 +263,7 @@ def check_preamble(preamble) -> None:
     """Checks that must pass before the header body is read (spec §3.1, §8)."""
     if preamble.major_version != schema.MAJOR_VERSION:
         raise UnsupportedVersionError(
-            f"major version {preamble.major_version} is not supported "
-            f"(this reader implements {schema.MAJOR_VERSION})",
+            f"major version {preamble.major_version} is not supported (this reader implements {schema.MAJOR_VERSION})",
             0,
         )
     if not schema.HEADER_BODY_V1_SIZE < preamble.header_length <= schema.MAX_HEADER_BODY:
@@ -317,7 +322,11 @@ def _check_scene(r: SceneRecord, header: FileHeader, offset: int | None) -> None
     else:
         _forbid(r.latent_scale != 1.0, f"latent_scale must be 1.0 for float latents, not {r.latent_scale}", offset)
         _forbid(not np.isfinite(r.latent).all(), "scene latent holds NaN or infinity", offset)
-    _forbid(tuple(r.latent.shape) != header.latent_shape, f"latent shape {r.latent.shape} != header {header.latent_shape}", offset)
+    _forbid(
+        tuple(r.latent.shape) != header.latent_shape,
+        f"latent shape {r.latent.shape} != header {header.latent_shape}",
+        offset,
+    )
 
 
 def _check_keyframe(r: KeyframeRecord, header: FileHeader, offset: int | None) -> None:
@@ -363,7 +372,10 @@ def _scene_counts(fixed, header: FileHeader, offset: int | None) -> dict:
 def _scene_values(r: SceneRecord, header: FileHeader) -> dict:
     _check_dtype(r.latent, LATENT_DTYPES[r.latent_format], "Scene latent")
     _check_scene(r, header, None)
-    return {**record_fields(r), "latent": np.ascontiguousarray(r.latent, dtype=LATENT_DTYPES[r.latent_format]).tobytes()}
+    return {
+        **record_fields(r),
+        "latent": np.ascontiguousarray(r.latent, dtype=LATENT_DTYPES[r.latent_format]).tobytes(),
+    }
 
 
 def _scene_record(p, header: FileHeader, offset: int | None) -> SceneRecord:
@@ -470,8 +482,12 @@ RECORDS: dict[RecordType, RecordMap] = {
     RecordType.KEYFRAME: RecordMap(schema.keyframe_payload, _keyframe_record, _keyframe_values, _keyframe_counts),
     RecordType.END: RecordMap(schema.end_payload, _fields_record(EndRecord), _fields_only, _fixed_counts),
     RecordType.ENCODER_SETTINGS: RecordMap(schema.encoder_settings_payload, _settings_record, _settings_values, None),
-    RecordType.SEEK_INDEX: RecordMap(schema.seek_index_payload, _fields_record(SeekIndexRecord), _fields_only, _fixed_counts),
-    RecordType.QUALITY: RecordMap(schema.quality_payload, _fields_record(QualityRecord), _quality_values, _fixed_counts),
+    RecordType.SEEK_INDEX: RecordMap(
+        schema.seek_index_payload, _fields_record(SeekIndexRecord), _fields_only, _fixed_counts
+    ),
+    RecordType.QUALITY: RecordMap(
+        schema.quality_payload, _fields_record(QualityRecord), _quality_values, _fixed_counts
+    ),
     RecordType.RECON_THUMBNAIL: RecordMap(
         schema.recon_thumbnail_payload, _thumbnail_record, _thumbnail_values, _thumbnail_counts
     ),

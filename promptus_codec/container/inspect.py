@@ -137,7 +137,9 @@ def summarize(path: str | os.PathLike) -> StreamSummary:
             elif isinstance(record, SceneRecord):
                 summary.scenes.append(
                     SceneInfo(
-                        record.first_frame, record.latent_format.name.lower(), record_bytes,
+                        record.first_frame,
+                        record.latent_format.name.lower(),
+                        record_bytes,
                         reasons.get(record.first_frame, "?"),
                     )
                 )
@@ -159,7 +161,11 @@ def _scene_reasons(settings: dict) -> dict[int, str]:
     starts = settings.get("scene_starts")
     if not isinstance(starts, list):
         return {}
-    return {s[0]: s[1] for s in starts if isinstance(s, list) and len(s) == 2 and isinstance(s[0], int) and isinstance(s[1], str)}
+    return {
+        s[0]: s[1]
+        for s in starts
+        if isinstance(s, list) and len(s) == 2 and isinstance(s[0], int) and isinstance(s[1], str)
+    }
 
 
 def format_summary(s: StreamSummary) -> str:
@@ -172,7 +178,8 @@ def format_summary(s: StreamSummary) -> str:
         f" ({h.geometry.fit_mode.name.lower()})",
         f"frames      {s.frame_count} at {h.frame_rate.numerator}/{h.frame_rate.denominator} fps"
         f" = {s.duration_s:.3f} s",
-        f"prompt      {h.prompt_tokens} x {h.prompt_dim}   latent {h.latent_channels} x {h.latent_height} x {h.latent_width}",
+        f"prompt      {h.prompt_tokens} x {h.prompt_dim}   "
+        f"latent {h.latent_channels} x {h.latent_height} x {h.latent_width}",
         f"generation  seed {g.noise_seed} ({g.noise_generator.name.lower()}), noisy = {g.latent_weight:.6g} z_prev"
         f" + {g.noise_weight:.6g} N0, timestep {g.timestep}, alpha_cumprod {g.alpha_cumprod:.9g},"
         f" {g.prediction_type.name.lower()}",
@@ -182,7 +189,10 @@ def format_summary(s: StreamSummary) -> str:
         f"  encoder   {h.model.encoder_sha256.hex()}",
         f"scenes      {len(s.scenes)}",
     ]
-    lines += [f"  frame {sc.first_frame:>6}  latent {sc.latent_format:<7} {sc.record_bytes:>9} B  {sc.reason}" for sc in s.scenes]
+    lines += [
+        f"  frame {sc.first_frame:>6}  latent {sc.latent_format:<7} {sc.record_bytes:>9} B  {sc.reason}"
+        for sc in s.scenes
+    ]
     ranks = sorted({k.rank for k in s.keyframes})
     lines.append(f"keyframes   {len(s.keyframes)} (rank {', '.join(map(str, ranks))})")
     lines += [f"  frame {k.frame_index:>6}  rank {k.rank:>3} {k.record_bytes:>9} B" for k in s.keyframes]

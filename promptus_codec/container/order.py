@@ -74,8 +74,7 @@ class DecodeOrder:
             raise RecordOrderError("a keyframe comes before the first scene", offset)
         if not self.scene_has_keyframe and r.frame_index != self.scene_first_frame:
             raise RecordOrderError(
-                f"the first keyframe of a scene must be its first frame {self.scene_first_frame}, "
-                f"not {r.frame_index}",
+                f"the first keyframe of a scene must be its first frame {self.scene_first_frame}, not {r.frame_index}",
                 offset,
             )
         if self.header.frame_count and r.frame_index >= self.header.frame_count:
@@ -83,9 +82,7 @@ class DecodeOrder:
                 f"keyframe {r.frame_index} lies beyond the header's frame_count {self.header.frame_count}", offset
             )
         if self.last_keyframe is not None and r.frame_index <= self.last_keyframe:
-            raise RecordOrderError(
-                f"keyframe {r.frame_index} does not follow keyframe {self.last_keyframe}", offset
-            )
+            raise RecordOrderError(f"keyframe {r.frame_index} does not follow keyframe {self.last_keyframe}", offset)
         self.keyframe_count += 1
         self.last_keyframe = r.frame_index
         self.scene_has_keyframe = True

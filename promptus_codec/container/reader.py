@@ -74,7 +74,7 @@ class PrxReader:
     def _read_header(self) -> FileHeader:
         size = schema.header_preamble.sizeof()
         raw = self._read_exact(size)
-        if raw[: len(schema.SIGNATURE)] != schema.SIGNATURE[: len(raw)]:
+        if not schema.signature_so_far(raw):
             raise BadMagicError("not a .prx file: the signature is wrong", 0)
         if len(raw) < size:
             raise TruncatedError("file ends inside the header", len(raw))

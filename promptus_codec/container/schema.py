@@ -152,6 +152,11 @@ crc32_field = Struct("crc32" / Int32ul)
 CRC_SIZE = crc32_field.sizeof()
 
 
+def signature_so_far(data: bytes) -> bool:
+    """True while ``data``, the first bytes of a file, could still be a .prx signature (§3.1)."""
+    return data[: len(SIGNATURE)] == SIGNATURE[: len(data)]
+
+
 def header_size(model_name: str) -> int:
     """Bytes of a complete 1.0 file header: preamble, body and CRC (spec §3)."""
     return header_preamble.sizeof() + HEADER_BODY_V1_SIZE + len(model_name.encode("utf-8")) + CRC_SIZE

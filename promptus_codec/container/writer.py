@@ -63,7 +63,9 @@ class PrxWriter:
         return end
 
 
-def write_prx(path: str | os.PathLike, header: FileHeader, records: Iterable[Record], seek_index: bool = True) -> EndRecord:
+def write_prx(
+    path: str | os.PathLike, header: FileHeader, records: Iterable[Record], seek_index: bool = True
+) -> EndRecord:
     """Write a complete file atomically: records, then SeekIndex and End."""
     with atomic_path(path) as temporary, open(temporary, "wb") as stream:
         writer = PrxWriter(stream, header)

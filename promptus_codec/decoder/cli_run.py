@@ -16,8 +16,23 @@ def log_stderr(message: str) -> None:
     click.echo(f"promptus: {message}", err=True)
 
 
-def run_decode(input, output, *, model_name, weights, backend, chroma, crf, restore_size, batch, device, dtype, quiet,
-               verify=False, verify_min_psnr=None):
+def run_decode(
+    input,
+    output,
+    *,
+    model_name,
+    weights,
+    backend,
+    chroma,
+    crf,
+    restore_size,
+    batch,
+    device,
+    dtype,
+    quiet,
+    verify=False,
+    verify_min_psnr=None,
+):
     from tqdm import tqdm
 
     from promptus_codec.decoder.verify import VERIFY_FAILED_EXIT, VERIFY_MIN_PSNR_DB, Verifier
@@ -29,18 +44,30 @@ def run_decode(input, output, *, model_name, weights, backend, chroma, crf, rest
     with open(input, "rb") as stream:
         reader = PrxReader(stream)
         header = reader.header
-        runtime = make_runtime(backend, header, model_name or header.model.name, weights, device, dtype, batch, input,
-                               log=log_stderr)
+        runtime = make_runtime(
+            backend, header, model_name or header.model.name, weights, device, dtype, batch, input, log=log_stderr
+        )
         loaded = time.perf_counter()
         geometry = header.geometry
-        width, height = (geometry.source_rect.width, geometry.source_rect.height) if restore_size else (header.coded_width, header.coded_height)
+        width, height = (
+            (geometry.source_rect.width, geometry.source_rect.height)
+            if restore_size
+            else (header.coded_width, header.coded_height)
+        )
         report = DecodeReport()
         total = header.frame_count or None
-        with open_writer(output, width, height, header.frame_rate, chroma=chroma, crf=crf) as writer, tqdm(
-            total=total, desc="decoding", unit="frame", disable=quiet, file=sys.stderr
-        ) as bar:
-            frames = decode_frames(reader, runtime, report, max_batch=batch, warn=warn_stderr,
-                                   on_record=None if verifier is None else verifier.record)
+        with (
+            open_writer(output, width, height, header.frame_rate, chroma=chroma, crf=crf) as writer,
+            tqdm(total=total, desc="decoding", unit="frame", disable=quiet, file=sys.stderr) as bar,
+        ):
+            frames = decode_frames(
+                reader,
+                runtime,
+                report,
+                max_batch=batch,
+                warn=warn_stderr,
+                on_record=None if verifier is None else verifier.record,
+            )
             for index, image in frames:
                 if verifier is not None:
                     verifier.frame(index, image)

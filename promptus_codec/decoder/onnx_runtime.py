@@ -49,14 +49,17 @@ class OnnxRuntime:
         options.log_severity_level = 3  # errors only: constant-folding notes are not for users
         providers = providers_for(device, ort.get_available_providers())
         self.graphs = {batch: Path(path) for batch, path in sorted(graphs.items())}
-        self.sessions = {batch: ort.InferenceSession(str(path), options, providers=providers)
-                         for batch, path in self.graphs.items()}
+        self.sessions = {
+            batch: ort.InferenceSession(str(path), options, providers=providers) for batch, path in self.graphs.items()
+        }
         described = {batch: self._describe(batch) for batch in self.graphs}
         self._identity, self.constants = described[min(described)]
         for batch, other in described.items():
             if other != (self._identity, self.constants):
-                raise ModelError(f"{self.graphs[batch].name} was exported from other weights or constants than "
-                                 f"{self.graphs[min(described)].name}: export them again")
+                raise ModelError(
+                    f"{self.graphs[batch].name} was exported from other weights or constants than "
+                    f"{self.graphs[min(described)].name}: export them again"
+                )
         first = self.sessions[min(self.sessions)]
         self.name = "onnx-cuda" if CUDA in first.get_providers() else "onnx-cpu"
 

@@ -122,16 +122,20 @@ def probe_facts(has_graph: Callable[[], bool]) -> LazyFacts:
 
         return torch.cuda.is_available()
 
-    return LazyFacts({
-        "gpu": lambda: os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None,
-        "tensorrt": lambda: all(map(installed, ("tensorrt", "polygraphy"))) and (
-            installed("cuda.bindings") or installed("cuda.cudart")),
-        "onnx-graph": has_graph,
-        "onnxruntime": lambda: installed("onnxruntime"),
-        "onnxruntime-cuda": lambda: installed("onnxruntime") and onnxruntime_cuda(),
-        "torch": lambda: installed("torch") and installed("diffusers"),
-        "torch-cuda": torch_cuda,
-    })
+    return LazyFacts(
+        {
+            "gpu": lambda: os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None,
+            "tensorrt": lambda: (
+                all(map(installed, ("tensorrt", "polygraphy")))
+                and (installed("cuda.bindings") or installed("cuda.cudart"))
+            ),
+            "onnx-graph": has_graph,
+            "onnxruntime": lambda: installed("onnxruntime"),
+            "onnxruntime-cuda": lambda: installed("onnxruntime") and onnxruntime_cuda(),
+            "torch": lambda: installed("torch") and installed("diffusers"),
+            "torch-cuda": torch_cuda,
+        }
+    )
 
 
 def graph_precision(dtype: str) -> str:
@@ -171,8 +175,17 @@ def export_command(header: FileHeader, model_name: str, weights, batch: int, pre
     return shlex.join(words)
 
 
-def make_runtime(backend: str, header: FileHeader, model_name: str, weights, device: str, dtype: str,
-                 batch: int = DEFAULT_MAX_BATCH, source=None, log: Callable[[str], None] = lambda message: None):
+def make_runtime(
+    backend: str,
+    header: FileHeader,
+    model_name: str,
+    weights,
+    device: str,
+    dtype: str,
+    batch: int = DEFAULT_MAX_BATCH,
+    source=None,
+    log: Callable[[str], None] = lambda message: None,
+):
     """The runtime that will generate frames for this stream.
 
     ``batch`` (frames per call) and ``source`` (the stream's path) only shape the export command
@@ -189,8 +202,9 @@ def make_runtime(backend: str, header: FileHeader, model_name: str, weights, dev
             precision = graph_precision(dtype)
         except ModelError:
             return {}  # bf16: no graph fits (an explicit --backend onnx says why below)
-        key = GraphKey.create(header.model, header.generation, 1, header.coded_width, header.coded_height,
-                              precision=precision)  # lookups ignore the batch
+        key = GraphKey.create(
+            header.model, header.generation, 1, header.coded_width, header.coded_height, precision=precision
+        )  # lookups ignore the batch
         return find_graphs(key)
 
     if backend == "auto":
@@ -207,8 +221,9 @@ def make_runtime(backend: str, header: FileHeader, model_name: str, weights, dev
     if backend not in ("onnx", "tensorrt"):
         raise ModelError(f"unknown --backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if not found():
-        command = export_command(header, model_name, weights, longest_call(source, batch) if source else batch,
-                                 graph_precision(dtype))
+        command = export_command(
+            header, model_name, weights, longest_call(source, batch) if source else batch, graph_precision(dtype)
+        )
         raise ModelError(f"no exported graph for this stream in {engine_dir()}: run  {command}")
     if backend == "onnx":
         from promptus_codec.decoder.onnx_runtime import OnnxRuntime

@@ -67,7 +67,9 @@ def build_engine(onnx_path: Path, precision: str = "fp16") -> bytes:
     return bytes(engine_bytes_from_network(network, config=CreateConfig(fp16=precision == "fp16")))
 
 
-def engine_for(onnx_path: Path, facts: Mapping[str, str], directory: Path, precision: str = "fp16") -> tuple[Path, bytes, bool]:
+def engine_for(
+    onnx_path: Path, facts: Mapping[str, str], directory: Path, precision: str = "fp16"
+) -> tuple[Path, bytes, bool]:
     """(engine path, engine bytes, built now) for one graph, from the cache or freshly built."""
     graph = GraphKey.parse(onnx_path.stem)
     if graph is None:
@@ -90,8 +92,9 @@ class _Engine:
         self.context = self.engine.create_execution_context()
         self.stream = stream
         names = INPUTS + OUTPUTS
-        self.buffers = {name: cuda.DeviceArray(shape=tuple(self.engine.get_tensor_shape(name)), dtype=np.float32)
-                        for name in names}
+        self.buffers = {
+            name: cuda.DeviceArray(shape=tuple(self.engine.get_tensor_shape(name)), dtype=np.float32) for name in names
+        }
         for name, buffer in self.buffers.items():
             self.context.set_tensor_address(name, buffer.ptr)
         self.use_cuda_graph, self.graph_exec = cuda_graph, None
@@ -124,8 +127,14 @@ class _Engine:
 class TensorRTRuntime:
     """Runs exported graphs ``{batch: onnx path}`` as TensorRT engines, built or loaded from ``directory``."""
 
-    def __init__(self, graphs: Mapping[int, "str | Path"], directory: "str | Path", cuda_graph: bool = False,
-                 precision: str = "fp16", log=None):
+    def __init__(
+        self,
+        graphs: Mapping[int, "str | Path"],
+        directory: "str | Path",
+        cuda_graph: bool = False,
+        precision: str = "fp16",
+        log=None,
+    ):
         require("tensorrt", "tensorrt")
         require("polygraphy", "tensorrt")
         from polygraphy import cuda
@@ -146,7 +155,7 @@ class TensorRTRuntime:
             self.engines[batch] = _Engine(data, self.stream, cuda_graph)
         if len(described) != 1:
             raise ModelError("the graphs were exported from other weights or constants: export them again")
-        (self._identity, self.constants), = described
+        ((self._identity, self.constants),) = described
         self.name = "tensorrt"
 
     def identity(self) -> ModelIdentity:
@@ -154,5 +163,6 @@ class TensorRTRuntime:
 
     def generate(self, z_prev: np.ndarray, noise: np.ndarray, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, C, h, w), (1, C, h, w), (B, m, n) float32 -> latents (B, C, h, w), images (B, 3, H, W)."""
-        return generate_padded(lambda batch, *arrays: self.engines[batch].run(arrays), list(self.engines),
-                               z_prev, noise, prompts)
+        return generate_padded(
+            lambda batch, *arrays: self.engines[batch].run(arrays), list(self.engines), z_prev, noise, prompts
+        )

@@ -98,7 +98,8 @@ class Verifier:
         worst_text = f"worst keyframe {worst.frame_index}: {worst.psnr_db:.2f} dB, max {_levels(worst.max_levels)}"
         if self.ok:
             return (
-                f"verify: OK: {_count(len(self.checks), 'keyframe')} match{'es' * (len(self.checks) == 1)} the encoder's "
+                f"verify: OK: {_count(len(self.checks), 'keyframe')} "
+                f"match{'es' * (len(self.checks) == 1)} the encoder's "
                 f"reconstruction (thumbnail PSNR mean "
                 f"{mean:.2f} dB, {worst_text}; threshold {self.min_psnr_db:g} dB){missing}"
             )

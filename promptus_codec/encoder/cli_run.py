@@ -25,8 +25,19 @@ def check_paths(input: str, output: str, recon: str | None) -> None:
         check_target(recon, [input, output, f"{output}{PARTIAL_SUFFIX}"], folder_ok=True)
 
 
-def run_encode(input: str, output: str, options: EncodeOptions, *, model_name: str, weights: str | None, device: str,
-               dtype: str, quiet: bool, resume: bool = False, recon: str | None = None) -> None:
+def run_encode(
+    input: str,
+    output: str,
+    options: EncodeOptions,
+    *,
+    model_name: str,
+    weights: str | None,
+    device: str,
+    dtype: str,
+    quiet: bool,
+    resume: bool = False,
+    recon: str | None = None,
+) -> None:
     from tqdm import tqdm
 
     from promptus_codec.models.registry import load_model
@@ -43,7 +54,9 @@ def run_encode(input: str, output: str, options: EncodeOptions, *, model_name: s
         if analysis.shortfall():
             click.echo(f"promptus: warning: {analysis.shortfall()}", err=True)
         header, _, rate = encoder.plan(analysis)  # refuses an unreachable bitrate before writing
-        bar = stack.enter_context(tqdm(total=len(rate.keyframes), desc="fitting", unit="keyframe", disable=quiet, file=sys.stderr))
+        bar = stack.enter_context(
+            tqdm(total=len(rate.keyframes), desc="fitting", unit="keyframe", disable=quiet, file=sys.stderr)
+        )
 
         def on_keyframe(progress, result):
             bar.n = progress.keyframes_done
@@ -54,7 +67,9 @@ def run_encode(input: str, output: str, options: EncodeOptions, *, model_name: s
         if recon:
             from promptus_codec.media import open_writer
 
-            encoder.recon = stack.enter_context(open_writer(recon, header.coded_width, header.coded_height, header.frame_rate))
+            encoder.recon = stack.enter_context(
+                open_writer(recon, header.coded_width, header.coded_height, header.frame_rate)
+            )
         try:
             report = encoder.encode(video, output, analysis, resume=resume)
         except KeyboardInterrupt:
@@ -67,10 +82,15 @@ def run_encode(input: str, output: str, options: EncodeOptions, *, model_name: s
             sys.exit(130)
         bar.close()
     target = f"target {report.target_kbps:.2f} kb/s, " if report.target_kbps else ""
-    error = f" ({round((report.achieved_kbps / report.target_kbps - 1) * 100, 2) + 0.0:+.2f}%)" if report.target_kbps else ""
+    error = (
+        f" ({round((report.achieved_kbps / report.target_kbps - 1) * 100, 2) + 0.0:+.2f}%)"
+        if report.target_kbps
+        else ""
+    )
     frames = "frame" if report.frames == 1 else "frames"
     click.echo(
-        f"encoded {report.frames} {frames} ({header.coded_width}x{header.coded_height}) into {report.keyframes} keyframes "
+        f"encoded {report.frames} {frames} ({header.coded_width}x{header.coded_height}) "
+        f"into {report.keyframes} keyframes "
         f"(interval {report.interval}, rank {min(report.ranks)}-{max(report.ranks)}) in {report.scenes} scene(s): "
         f"{target}achieved {report.achieved_kbps:.2f} kb/s{error}, {report.bytes} bytes; "
         f"reconstruction PSNR {report.mean_psnr_db:.2f} dB -> {output}"

@@ -154,7 +154,9 @@ def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, p
 
     fit = options.fit_config()
 
-    def encode_latent(frame: np.ndarray, index: int | None = None) -> np.ndarray:  # (H, W, 3) uint8 -> (C, h, w) float32
+    def encode_latent(
+        frame: np.ndarray, index: int | None = None
+    ) -> np.ndarray:  # (H, W, 3) uint8 -> (C, h, w) float32
         """The posterior mean; with ``index``, the scene latent of frame ``index`` as FitConfig.scene_latent says."""
         sample = None
         if index is not None and fit.scene_latent == "sample":
@@ -164,7 +166,9 @@ def analyse(video: VideoInput, model: GenerationModel, options: EncodeOptions, p
             return np.ascontiguousarray(model.encode_image(pixels, sample)[0].float().cpu().numpy())
 
     with video.open() as source:
-        coded_width, coded_height, geometry = plan_geometry(source.width, source.height, options.size, options.fit_mode, multiple=64)
+        coded_width, coded_height, geometry = plan_geometry(
+            source.width, source.height, options.size, options.fit_mode, multiple=64
+        )
         frame_rate = source.frame_rate
         stated_frames = source.frame_count
         detector = CutDetector(options.scene_detector, options.cut_threshold, frame_rate, encode_latent)
@@ -272,7 +276,9 @@ class Encoder:
             if self.options.verify_record
             else 0,
         )
-        rate = plan_rate(layout, self.options.target_kbps, self.options.rank, self.options.interval, self.options.min_rank)
+        rate = plan_rate(
+            layout, self.options.target_kbps, self.options.rank, self.options.interval, self.options.min_rank
+        )
         return header, EncoderSettingsRecord(settings), rate
 
     def start_for(self, frame: np.ndarray, keyframe: int, rank: int, previous: Factors | None) -> Factors | None:
@@ -281,7 +287,11 @@ class Encoder:
         if self.fit.init in ("random", "uniform"):
             return None
         if self.initializer is None:
-            return None if previous is None else Factors(previous.frame_index, torch.from_numpy(previous.u), torch.from_numpy(previous.v))
+            return (
+                None
+                if previous is None
+                else Factors(previous.frame_index, torch.from_numpy(previous.u), torch.from_numpy(previous.v))
+            )
         with torch.no_grad():
             u, v = self.initializer(frames_to_tensor([frame], self.model.device))  # (1, m, R), (1, R, n)
         return Factors(keyframe, u[0, :, :rank].float().cpu(), v[0, :rank].float().cpu())
@@ -289,11 +299,19 @@ class Encoder:
     def encode(self, video: VideoInput, output: Path, analysis: Analysis, resume: bool = False) -> EncodeReport:
         header, settings, rate = self.plan(analysis)
         partial = Path(str(output) + PARTIAL_SUFFIX)
-        run = EncodeRun.resume(self, partial, header, settings) if resume else EncodeRun.start(self, partial, header, settings)
+        run = (
+            EncodeRun.resume(self, partial, header, settings)
+            if resume
+            else EncodeRun.start(self, partial, header, settings)
+        )
         with run.stream:
             run.progress.keyframes_total = len(rate.keyframes)
             run.fit_remaining(video, analysis, rate)
-            padding = rate.total_bytes - run.writer.offset - FRAMING - tail_bytes(run.writer.order.scene_count) if rate.padding_bytes >= 0 else -1
+            padding = (
+                rate.total_bytes - run.writer.offset - FRAMING - tail_bytes(run.writer.order.scene_count)
+                if rate.padding_bytes >= 0
+                else -1
+            )
             if padding >= 0:
                 run.writer.write(PaddingRecord(padding))
             end = run.writer.finish()
@@ -337,7 +355,9 @@ class EncodeRun:
         return cls(encoder, stream, writer)
 
     @classmethod
-    def resume(cls, encoder: Encoder, partial: Path, header: FileHeader, settings: EncoderSettingsRecord) -> "EncodeRun":
+    def resume(
+        cls, encoder: Encoder, partial: Path, header: FileHeader, settings: EncoderSettingsRecord
+    ) -> "EncodeRun":
         """Continue ``partial``: keep every record up to the last Quality record, rebuild the state."""
         if not partial.is_file():
             raise PrxError(f"nothing to resume: {partial} does not exist (run without --resume)")
@@ -350,7 +370,9 @@ class EncodeRun:
                 kept = []  # killed before the header was on disk
             else:
                 if reader.header != header:
-                    raise PrxError(f"{partial} was made from another input, model or geometry: delete it or run without --resume")
+                    raise PrxError(
+                        f"{partial} was made from another input, model or geometry: delete it or run without --resume"
+                    )
                 if kept and kept[0][0] != settings:
                     raise PrxError(f"{partial} was made with other settings: delete it or run without --resume")
             if not kept:  # nothing worth keeping: start afresh in the same file
@@ -392,7 +414,9 @@ class EncodeRun:
         ranks = dict(zip(rate.keyframes, rate.ranks))
         pending: list[np.ndarray] = []
         with video.open() as source:
-            for index, frame in enumerate(coded_frames(source, header.coded_width, header.coded_height, header.geometry)):
+            for index, frame in enumerate(
+                coded_frames(source, header.coded_width, header.coded_height, header.geometry)
+            ):
                 if index <= self.loop.last_keyframe:
                     continue  # already in the partial file
                 if index in analysis.scene_latents:
@@ -411,8 +435,12 @@ class EncodeRun:
         """Fit, write and reconstruct one keyframe; ``frames`` are its interval's (K, H, W, 3)."""
         encoder, loop = self.encoder, self.loop
         device = encoder.model.device
-        previous = None if loop.previous is None else Factors(
-            loop.previous.frame_index, torch.from_numpy(loop.previous.u), torch.from_numpy(loop.previous.v)
+        previous = (
+            None
+            if loop.previous is None
+            else Factors(
+                loop.previous.frame_index, torch.from_numpy(loop.previous.u), torch.from_numpy(loop.previous.v)
+            )
         )
         task = FitTask(
             targets=frames_to_tensor(frames, device),
@@ -425,7 +453,15 @@ class EncodeRun:
         )
         result = fit_keyframe(loop.runtime.generator, task, encoder.fit, encoder.perceptual)
         record = KeyframeRecord(
-            keyframe, rank, QuantScheme.AFFINE_INT8, result.u_scale, result.u_zero_point, result.v_scale, result.v_zero_point, result.u, result.v
+            keyframe,
+            rank,
+            QuantScheme.AFFINE_INT8,
+            result.u_scale,
+            result.u_zero_point,
+            result.v_scale,
+            result.v_zero_point,
+            result.u,
+            result.v,
         )
         interval = self.write(record)  # decoded exactly as the decoder will
         self.write_checks(interval, frames, result.frame_losses)
@@ -440,8 +476,11 @@ class EncodeRun:
         header = self.writer.header
         if self.encoder.options.verify_record:
             width, height = thumbnail_shape(header.coded_width, header.coded_height)
-            self.write(ReconThumbnailRecord(interval.first_frame + len(interval.images) - 1,
-                                            luma_thumbnail(interval.images[-1], width, height)))
+            self.write(
+                ReconThumbnailRecord(
+                    interval.first_frame + len(interval.images) - 1, luma_thumbnail(interval.images[-1], width, height)
+                )
+            )
         psnr = [psnr_db(b, a) for a, b in zip(interval.images, frames)]
         self.write(QualityRecord(interval.first_frame, tuple(psnr), tuple(losses)))
         self.progress.psnr += psnr

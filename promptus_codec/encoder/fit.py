@@ -146,7 +146,13 @@ def fit_keyframe(
         return fit_keyframe_reference(generator, task, config, perceptual, on_step)
     if config.quantiser != "minmax":
         raise ValueError(f"quantiser {config.quantiser!r} belongs to procedure 'reference'")
-    z_prev, noise, targets, previous, frame_index = task.z_prev, task.noise, task.targets, task.previous, task.frame_index
+    z_prev, noise, targets, previous, frame_index = (
+        task.z_prev,
+        task.noise,
+        task.targets,
+        task.previous,
+        task.frame_index,
+    )
     device, dtype = z_prev.device, z_prev.dtype
     frames = targets.shape[0]
     first_frame = frame_index - frames + 1
@@ -202,8 +208,14 @@ def fit_keyframe(
             best = FitResult(
                 u=quantize_codes(u.detach(), u_scale, u_zp).cpu().numpy(),
                 v=quantize_codes(v.detach(), v_scale, v_zp).cpu().numpy(),
-                u_scale=u_scale, u_zero_point=u_zp, v_scale=v_scale, v_zero_point=v_zp,
-                best_loss=value, initial_loss=initial, iterations=step + 1, frame_losses=frame_losses.tolist(),
+                u_scale=u_scale,
+                u_zero_point=u_zp,
+                v_scale=v_scale,
+                v_zero_point=v_zp,
+                best_loss=value,
+                initial_loss=initial,
+                iterations=step + 1,
+                frame_losses=frame_losses.tolist(),
             )
             since_best = 0
         else:
@@ -284,7 +296,9 @@ def fit_keyframe_reference(
     v = torch.nn.Parameter(v0.to(z_prev.device, torch.float32))
     quant_u, quant_v = (RunningQuantiser(), RunningQuantiser()) if config.quantiser == "running" else (None, None)
     first_keyframe = previous is None
-    patience = config.first_plateau_patience if first_keyframe and config.first_plateau_patience else config.plateau_patience
+    patience = (
+        config.first_plateau_patience if first_keyframe and config.first_plateau_patience else config.plateau_patience
+    )
     schedule = ReferenceSchedule(config.lr, patience, config.lr_floor)
     optimizer = torch.optim.Adam([u, v], lr=schedule.lr)
     total_iterations = config.first_iterations if first_keyframe else config.iterations
@@ -302,7 +316,9 @@ def fit_keyframe_reference(
                 vq, v_scale, v_zp = fake_quant(v)
                 codes_u, codes_v = quantize_codes(u.detach(), u_scale, u_zp), quantize_codes(v.detach(), v_scale, v_zp)
             current = Factors(task.frame_index, uq, vq)
-            prompt = current.prompt() if first_keyframe else interpolate(previous, current, first_frame + offset)  # (m, n)
+            prompt = (
+                current.prompt() if first_keyframe else interpolate(previous, current, first_frame + offset)
+            )  # (m, n)
             _, image = generator(z_prev, noise, prompt[None].to(dtype))  # (1, 3, H, W)
             target = targets[offset : offset + 1]
             per_frame = config.alpha * pixel_mse(image.float(), target, config.pixel_range)
@@ -321,9 +337,15 @@ def fit_keyframe_reference(
             min_loss = mean_loss
             codes_u, codes_v, u_scale, u_zp, v_scale, v_zp = last_step
             best = FitResult(
-                u=codes_u.cpu().numpy(), v=codes_v.cpu().numpy(),
-                u_scale=u_scale, u_zero_point=u_zp, v_scale=v_scale, v_zero_point=v_zp,
-                best_loss=mean_loss, initial_loss=initial, iterations=iteration + 1,
+                u=codes_u.cpu().numpy(),
+                v=codes_v.cpu().numpy(),
+                u_scale=u_scale,
+                u_zero_point=u_zp,
+                v_scale=v_scale,
+                v_zero_point=v_zp,
+                best_loss=mean_loss,
+                initial_loss=initial,
+                iterations=iteration + 1,
                 frame_losses=[first_losses[i] for i in range(frames)],
             )
         if on_step:
@@ -331,4 +353,3 @@ def fit_keyframe_reference(
         if schedule.after_iteration(min_loss):
             optimizer = torch.optim.Adam([u, v], lr=schedule.lr)  # a new Adam: its moments start again
     return replace(best, iterations=iteration + 1)
-

@@ -13,9 +13,19 @@ from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.scenes import DEFAULT_DETECTOR
 from promptus_codec.errors import PrxError
 
-INITS = ("auto", "random", "uniform", "warm", "amortized")  # FitConfig.init; auto = amortized where the model has a prompt encoder
+INITS = (
+    "auto",
+    "random",
+    "uniform",
+    "warm",
+    "amortized",
+)  # FitConfig.init; auto = amortized where the model has a prompt encoder
 PROCEDURES = ("batched", "reference")  # FitConfig.procedure
-FIT_MODES = ("crop", "pad", "scale")  # EncodeOptions.fit_mode, as media.geometry.FITS maps them; crop is the reference's
+FIT_MODES = (
+    "crop",
+    "pad",
+    "scale",
+)  # EncodeOptions.fit_mode, as media.geometry.FITS maps them; crop is the reference's
 PERCEPTUAL_LOSSES = ("auto", "lpips", "vgg19", "none")  # --perceptual; EncodeOptions also takes lpips-random and
 # vgg19-random (tests only: untrained backbones)
 
@@ -44,7 +54,9 @@ class FitConfig:
     alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
     l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding
     pixel_range: str = "unit"  # MSE on images in [0, 1] (unit) or in [-1, 1] (signed: the reference; 4x the unit MSE)
-    quantiser: str = "minmax"  # int8 over the current tensor's range (minmax) | uint8 over a running range (running: the reference)
+    quantiser: str = (
+        "minmax"  # int8 over the current tensor's range (minmax) | uint8 over a running range (running: the reference)
+    )
     scene_latent: str = "mean"  # scene latents: the VAE posterior's mean | a seeded sample from it (the reference)
     temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
     init: str = "auto"  # start: random (seeded normal) | uniform (seeded U[0, 1): the reference) | warm (previous
@@ -59,9 +71,22 @@ class FitConfig:
 PRESETS = {
     # The reference implementation's procedure, rule by rule (inversion.py; README "Fitting presets").
     "reference": FitConfig(
-        procedure="reference", first_iterations=10_000, iterations=1_500, lr=0.1, plateau_patience=20,
-        first_plateau_patience=300, lr_floor=0.001, early_stop_patience=0, min_improvement=0.0, alpha=0.8,
-        l1_weight=0.1, pixel_range="signed", quantiser="running", scene_latent="sample", init="uniform", max_batch=1,
+        procedure="reference",
+        first_iterations=10_000,
+        iterations=1_500,
+        lr=0.1,
+        plateau_patience=20,
+        first_plateau_patience=300,
+        lr_floor=0.001,
+        early_stop_patience=0,
+        min_improvement=0.0,
+        alpha=0.8,
+        l1_weight=0.1,
+        pixel_range="signed",
+        quantiser="running",
+        scene_latent="sample",
+        init="uniform",
+        max_batch=1,
     ),
     # The reference's iteration budget with our batched procedure: 10,000 / 1,500 iterations.
     "paper": FitConfig(first_iterations=10_000, iterations=1_500, plateau_patience=100, early_stop_patience=0),

@@ -55,7 +55,11 @@ def coarse(latent: "np.ndarray", grid: int = GRID) -> "np.ndarray":
 
     rows = np.array_split(latent.astype(np.float64), min(grid, latent.shape[1]), axis=1)
     return np.stack(
-        [np.stack([cell.mean(axis=(1, 2)) for cell in np.array_split(r, min(grid, latent.shape[2]), axis=2)], -1) for r in rows], -2
+        [
+            np.stack([cell.mean(axis=(1, 2)) for cell in np.array_split(r, min(grid, latent.shape[2]), axis=2)], -1)
+            for r in rows
+        ],
+        -2,
     )
 
 
@@ -65,7 +69,9 @@ def latent_change(previous: "np.ndarray", current: "np.ndarray") -> float:
 
     previous, current = coarse(previous), coarse(current)
     diff = np.sqrt(np.mean(np.square(current - previous, dtype=np.float64)))
-    scale = 0.5 * (np.sqrt(np.mean(np.square(previous, dtype=np.float64))) + np.sqrt(np.mean(np.square(current, dtype=np.float64))))
+    scale = 0.5 * (
+        np.sqrt(np.mean(np.square(previous, dtype=np.float64))) + np.sqrt(np.mean(np.square(current, dtype=np.float64)))
+    )
     return float(diff / max(scale, 1e-12))
 
 

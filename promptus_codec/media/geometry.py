@@ -70,8 +70,7 @@ def plan_geometry(
     """
     if source_width < minimum or source_height < minimum:
         raise MediaError(
-            f"the source video is {source_width}x{source_height}, below the minimum of "
-            f"{minimum}x{minimum} pixels"
+            f"the source video is {source_width}x{source_height}, below the minimum of {minimum}x{minimum} pixels"
         )
     if fit not in FITS:
         raise MediaError(f"unknown fit {fit!r}: choose one of {', '.join(FITS)}")
@@ -141,14 +140,10 @@ def _cut(frame: np.ndarray, rect: Rect) -> np.ndarray:
 
 def _check_frame(frame: np.ndarray, width: int, height: int, what: str) -> None:
     if frame.dtype != np.uint8 or frame.shape != (height, width, 3):
-        raise MediaError(
-            f"{what} frame is {frame.shape} {frame.dtype}, expected ({height}, {width}, 3) uint8"
-        )
+        raise MediaError(f"{what} frame is {frame.shape} {frame.dtype}, expected ({height}, {width}, 3) uint8")
 
 
-def apply_geometry(
-    frame: np.ndarray, coded_width: int, coded_height: int, geometry: SourceGeometry
-) -> np.ndarray:
+def apply_geometry(frame: np.ndarray, coded_width: int, coded_height: int, geometry: SourceGeometry) -> np.ndarray:
     """Source frame (sh, sw, 3) uint8 -> coded frame (coded_height, coded_width, 3) uint8:
     cut source_rect, scale it to coded_rect, black outside coded_rect."""
     _check_frame(frame, geometry.source_width, geometry.source_height, "source")
@@ -174,7 +169,6 @@ def restore_geometry(frame: np.ndarray, geometry: SourceGeometry) -> np.ndarray:
         raise MediaError(f"decoded frame is {frame.shape} {frame.dtype}, expected (H, W, 3) uint8")
     if dst.x + dst.width > frame.shape[1] or dst.y + dst.height > frame.shape[0]:
         raise MediaError(
-            f"decoded frame is {frame.shape[1]}x{frame.shape[0]}, too small for the coded "
-            f"picture at {dst}"
+            f"decoded frame is {frame.shape[1]}x{frame.shape[0]}, too small for the coded picture at {dst}"
         )
     return np.ascontiguousarray(resize(_cut(frame, dst), src.width, src.height))

@@ -40,9 +40,7 @@ class VideoSource:
     Iterating raises MediaError("<name> has no frames") when the video yields none.
     """
 
-    def __init__(
-        self, name: str, width: int, height: int, frame_rate: Fraction, frame_count: int | None
-    ):
+    def __init__(self, name: str, width: int, height: int, frame_rate: Fraction, frame_count: int | None):
         self.name = name
         self.width = width
         self.height = height
@@ -86,7 +84,9 @@ class PyAVSource(VideoSource):
         try:
             self._container = av.open(file, "r", format=format)
         except av.InvalidDataError as exc:
-            raise MediaError(f"cannot read {name} as video: {_reason(exc)} (not a video, or an incomplete one)") from None
+            raise MediaError(
+                f"cannot read {name} as video: {_reason(exc)} (not a video, or an incomplete one)"
+            ) from None
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise MediaError(f"cannot read {name} as video: {_reason(exc)}") from None
         streams = self._container.streams.video

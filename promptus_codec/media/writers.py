@@ -2,7 +2,8 @@
 
 Every writer takes RGB uint8 (H, W, 3) frames through ``write(frame)`` and is finished by
 ``close()`` or by leaving its ``with`` block. Output goes to a hidden temporary name
-beside the target (``.NAME.XXXXXXXX.partial``, :class:`promptus_codec.fileio.TemporaryTarget`) and is renamed onto the target only when
+beside the target (``.NAME.XXXXXXXX.partial``, :class:`promptus_codec.fileio.TemporaryTarget`) and is
+renamed onto the target only when
 the writer closes cleanly; :meth:`FrameWriter.abort`, which ``with`` calls on an
 exception, removes it and leaves the target untouched. y4m on stdout ("-") has no
 temporary file.
@@ -78,9 +79,7 @@ class FrameWriter:
             raise MediaError(f"cannot write {self.path}: it is a folder")
         empty_folder = os.path.isdir(target) and not os.listdir(target)
         if self._as_folder and os.path.exists(target) and not empty_folder:
-            raise MediaError(
-                f"{self.path} already exists and is not an empty folder: remove it or pick another"
-            )
+            raise MediaError(f"{self.path} already exists and is not an empty folder: remove it or pick another")
         return target
 
     def _make_temp(self) -> str:
@@ -127,8 +126,7 @@ class FrameWriter:
             self.height, self.width = frame.shape[:2]
         if frame.dtype != np.uint8 or frame.shape != (self.height, self.width, 3):
             raise MediaError(
-                f"{self.path}: frame is {frame.shape} {frame.dtype}, expected "
-                f"({self.height}, {self.width}, 3) uint8"
+                f"{self.path}: frame is {frame.shape} {frame.dtype}, expected ({self.height}, {self.width}, 3) uint8"
             )
         if self._container is None:
             self._open()
@@ -208,9 +206,7 @@ class Y4MWriter(_YuvWriter):
     """Raw YUV4MPEG2 (.y4m), 4:2:0 or 4:4:4, BT.601 limited range (see media.color);
     ``path`` "-" writes to stdout."""
 
-    def __init__(
-        self, path: str, width: int, height: int, frame_rate: Fraction, chroma: str = "420"
-    ):
+    def __init__(self, path: str, width: int, height: int, frame_rate: Fraction, chroma: str = "420"):
         self.chroma = chroma
         super().__init__(
             path,
@@ -229,8 +225,7 @@ class Mp4Writer(_YuvWriter):
     def __init__(self, path: str, width: int, height: int, frame_rate: Fraction, crf: int = 18):
         if width % 2 or height % 2:
             raise MediaError(
-                f"H.264 needs an even width and height, got {width}x{height}: "
-                "write .y4m or a PNG folder instead"
+                f"H.264 needs an even width and height, got {width}x{height}: write .y4m or a PNG folder instead"
             )
         if not 0 <= crf <= 51:
             raise MediaError(f"crf {crf} is outside 0..51")

@@ -88,7 +88,9 @@ def encode_x265(y4m: Path, output: Path, kbps: float, preset: str = X265_PRESET)
     stats = f"{output}.stats"
     for number, target in ((1, os.devnull), (2, str(output))):
         params = f"pass={number}:stats={stats}:log-level=error"
-        _pyav_encode(y4m, target, "hevc" if number == 2 else "null", "libx265", kbps, {"preset": preset, "x265-params": params})
+        _pyav_encode(
+            y4m, target, "hevc" if number == 2 else "null", "libx265", kbps, {"preset": preset, "x265-params": params}
+        )
     for leftover in (stats, f"{stats}.cutree"):
         Path(leftover).unlink(missing_ok=True)
     _, _, rate, count = _y4m_info(y4m)
@@ -126,13 +128,27 @@ def encode_vvenc(y4m: Path, output: Path, kbps: float, preset: str = VVENC_PRESE
     """H.266 in two passes; ``output`` is a raw .266 stream, decoded to ``output``.y4m."""
     _, _, rate, count = _y4m_info(y4m)
     log = f"{output}.pass"
-    common = ["-i", str(y4m), "-c:v", "libvvenc", "-preset", preset, "-b:v", str(round(kbps * 1000)), "-passlogfile", log]
+    common = [
+        "-i",
+        str(y4m),
+        "-c:v",
+        "libvvenc",
+        "-preset",
+        preset,
+        "-b:v",
+        str(round(kbps * 1000)),
+        "-passlogfile",
+        log,
+    ]
     _ffmpeg([*common, "-pass", "1", "-f", "null", os.devnull], "libvvenc pass 1")
     _ffmpeg([*common, "-pass", "2", "-f", "vvc", str(output)], "libvvenc pass 2")
     Path(f"{log}-0.log").unlink(missing_ok=True)
     decoded = Path(f"{output}.y4m")
     rate_arg = f"{rate.numerator}/{rate.denominator}"  # a raw stream has no frame rate of its own
-    _ffmpeg(["-r", rate_arg, "-f", "vvc", "-i", str(output), "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", str(decoded)], "VVC decoding")
+    _ffmpeg(
+        ["-r", rate_arg, "-f", "vvc", "-i", str(output), "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", str(decoded)],
+        "VVC decoding",
+    )
     return BaselineRun("vvenc", kbps, output, count, rate, decoded)
 
 

@@ -1,6 +1,7 @@
-"""`promptus compare`: Promptus against classic codecs at the bitrates Promptus really reaches.
+r"""`promptus compare`: Promptus against classic codecs at the bitrates Promptus really reaches.
 
-    SOURCE --encoder pass 1 (analyse, once)--> coded frames --> reference/ PNGs (lossless RGB: every codec is scored against them)
+    SOURCE --encoder pass 1 (analyse, once)--> coded frames --> reference/ PNGs
+                                                  (lossless RGB: every codec is scored against them)
                                                             \-> coded.y4m (yuv420p: the baselines' input)
     for each target bitrate T:
         Promptus   Encoder.encode at T -> .prx --decode_frames--> frames --measure--> row   achieved A = .prx size
@@ -32,8 +33,18 @@ from promptus_codec.metrics.evaluate import EvalResult, fmt, measure, write_json
 from promptus_codec.metrics.quality import LPIPS_NETS, SEVERE_LPIPS, Scorer, ms_ssim_scales
 
 ROW_FIELDS = (
-    "codec", "target_kbps", "achieved_kbps", "bytes", "frames",
-    "psnr_y", "psnr_rgb", "ms_ssim", "lpips_alex", "lpips_vgg", "severe_share_alex", "severe_share_vgg",
+    "codec",
+    "target_kbps",
+    "achieved_kbps",
+    "bytes",
+    "frames",
+    "psnr_y",
+    "psnr_rgb",
+    "ms_ssim",
+    "lpips_alex",
+    "lpips_vgg",
+    "severe_share_alex",
+    "severe_share_vgg",
 )
 BD_METRICS = {"psnr_y": True, "ms_ssim": True, "lpips_alex": False, "lpips_vgg": False}  # metric -> higher is better
 
@@ -97,9 +108,11 @@ def _write_reference(video, analysis, folder: Path) -> tuple[Path, Path]:
 
     pngs, y4m = folder / "reference", folder / "coded.y4m"
     w, h = analysis.coded_width, analysis.coded_height
-    with video.open() as source, PngDirWriter(str(pngs), w, h, analysis.frame_rate) as png_writer, Y4MWriter(
-        str(y4m), w, h, analysis.frame_rate
-    ) as y4m_writer:
+    with (
+        video.open() as source,
+        PngDirWriter(str(pngs), w, h, analysis.frame_rate) as png_writer,
+        Y4MWriter(str(y4m), w, h, analysis.frame_rate) as y4m_writer,
+    ):
         for frame in coded_frames(source, w, h, analysis.geometry):
             png_writer.write(frame)
             y4m_writer.write(frame)
@@ -119,7 +132,11 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
     out.mkdir(parents=True, exist_ok=True)
     perceptual = resolve_perceptual(options.perceptual, options.preset)
     encode_options = EncodeOptions(
-        preset=options.preset, size=options.size, fit_mode=options.fit_mode, fps=options.fps, perceptual=perceptual,
+        preset=options.preset,
+        size=options.size,
+        fit_mode=options.fit_mode,
+        fps=options.fps,
+        perceptual=perceptual,
         fit_overrides=options.fit_overrides,
     )
     encode_options.fit_config()  # refuse an unknown preset before any work
@@ -187,7 +204,8 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
         "baselines": {codec: BASELINES[codec][0] for codec in options.baselines},
         "rows": rows,
         "bd_rate_percent": {
-            codec: {m: {"percent": b.percent, "reason": b.reason} for m, b in metrics.items()} for codec, metrics in bd.items()
+            codec: {m: {"percent": b.percent, "reason": b.reason} for m, b in metrics.items()}
+            for codec, metrics in bd.items()
         },
         "bd_rate_note": "Promptus against each baseline: negative = Promptus needs fewer bits for the same quality",
         "elapsed_s": round(time.perf_counter() - started, 1),
@@ -197,7 +215,8 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
     rd_plot(
         rows,
         str(out / "rd.png"),
-        f"{Path(source).name}, {analysis.coded_width}x{analysis.coded_height}, Promptus {options.model} ({options.preset})",
+        f"{Path(source).name}, {analysis.coded_width}x{analysis.coded_height}, "
+        f"Promptus {options.model} ({options.preset})",
         _lpips_note(lpips_missing),
         f"MS-SSIM ({scales} scales)",
     )
@@ -207,6 +226,7 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
 
 def bd_rates(rows: list[dict], baselines: tuple[str, ...]) -> dict:
     """baseline -> metric -> BdRate of Promptus against that baseline, on achieved bitrates."""
+
     def points(codec: str, metric: str) -> tuple[list, list]:
         mine = [r for r in rows if r["codec"] == codec]
         return [r["achieved_kbps"] for r in mine], [r[metric] for r in mine]
@@ -243,12 +263,20 @@ def format_rows(rows: list[dict]) -> str:
     header = ("codec", "target", "achieved", "bytes", "PSNR-Y", "PSNR-RGB", "MS-SSIM", "LPIPS-a", "LPIPS-v", "severe-a")
     table = [header] + [
         (
-            r["codec"], f"{r['target_kbps']:.1f}", f"{r['achieved_kbps']:.2f}", str(r["bytes"]),
-            fmt(r["psnr_y"], "{:.2f}"), fmt(r["psnr_rgb"], "{:.2f}"), fmt(r["ms_ssim"]),
-            fmt(r["lpips_alex"]), fmt(r["lpips_vgg"]),
+            r["codec"],
+            f"{r['target_kbps']:.1f}",
+            f"{r['achieved_kbps']:.2f}",
+            str(r["bytes"]),
+            fmt(r["psnr_y"], "{:.2f}"),
+            fmt(r["psnr_rgb"], "{:.2f}"),
+            fmt(r["ms_ssim"]),
+            fmt(r["lpips_alex"]),
+            fmt(r["lpips_vgg"]),
             fmt(None if r["severe_share_alex"] is None else r["severe_share_alex"] * 100, "{:.1f}%"),
         )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in table)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in table
+    )

@@ -121,14 +121,22 @@ def measure(
     if shape is None:
         raise MediaError("nothing to compare: a video has no frames")
     result = EvalResult(
-        scores, shape[1], shape[0], n + source_extra, n + decoded_extra, dict(scorer.lpips_missing),
-        scorer.random_backbone, notes,
+        scores,
+        shape[1],
+        shape[0],
+        n + source_extra,
+        n + decoded_extra,
+        dict(scorer.lpips_missing),
+        scorer.random_backbone,
+        notes,
     )
     return result, captured
 
 
 def _score(scorer: Scorer, batch: list[tuple[np.ndarray, np.ndarray]], first_index: int) -> list[FrameScores]:
-    return scorer.score(np.stack([r for r, _ in batch]), np.stack([d for _, d in batch]), first_index)  # (B, H, W, 3) each
+    return scorer.score(
+        np.stack([r for r, _ in batch]), np.stack([d for _, d in batch]), first_index
+    )  # (B, H, W, 3) each
 
 
 def check_counts(source: int, decoded: int, tolerance: int) -> list[str]:
@@ -222,12 +230,18 @@ def format_table(result: EvalResult) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"{len(result.frames)} frames scored ({result.width}x{result.height})"]
-    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines += [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
     for net in LPIPS_NETS:
         share = result.severe_share(net)
         lines.append(
             f"severe frames (LPIPS-{net} > {SEVERE_LPIPS}): "
-            + ("n/a" if share is None else f"{share * 100:.1f}% ({round(share * len(result.frames))} of {len(result.frames)})")
+            + (
+                "n/a"
+                if share is None
+                else f"{share * 100:.1f}% ({round(share * len(result.frames))} of {len(result.frames)})"
+            )
         )
     lines += list(result.lpips_missing.values())
     lines += [f"note: {n}" for n in result.notes]

@@ -126,4 +126,3 @@ def vgg19_distance(random_backbone: bool = False):
             return total / (convs + 1e-9)
 
     return VGGContentDistance(network.features).eval().requires_grad_(False)
-

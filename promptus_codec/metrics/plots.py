@@ -9,7 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PANELS = (("lpips", "LPIPS (lower is better)"), ("psnr_y", "PSNR-Y (dB)"), ("ms_ssim", "MS-SSIM"))  # (row key, axis label)
+PANELS = (
+    ("lpips", "LPIPS (lower is better)"),
+    ("psnr_y", "PSNR-Y (dB)"),
+    ("ms_ssim", "MS-SSIM"),
+)  # (row key, axis label)
 LPIPS_STYLES = {"lpips_alex": "-", "lpips_vgg": "--"}
 
 
@@ -22,7 +26,9 @@ def _figure(width_in: float, height_in: float):
     return figure
 
 
-def rd_plot(rows: Sequence[dict], path: str, title: str, lpips_note: str | None = None, ms_ssim_label: str = "MS-SSIM") -> None:
+def rd_plot(
+    rows: Sequence[dict], path: str, title: str, lpips_note: str | None = None, ms_ssim_label: str = "MS-SSIM"
+) -> None:
     """Bitrate (achieved kb/s) against LPIPS, PSNR-Y and MS-SSIM, one line per codec.
 
     ``rows`` are compare table rows (codec, achieved_kbps, psnr_y, ms_ssim, lpips_alex,

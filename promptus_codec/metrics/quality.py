@@ -143,7 +143,9 @@ class Scorer:
             ref = torch.from_numpy(reference).to(self.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W) 0..255
             dec = torch.from_numpy(decoded).to(self.device).permute(0, 3, 1, 2).float()
             ssim = ms_ssim(ref, dec, scales).tolist() if scales else [None] * len(ref)
-            lpips = {net: model(ref / 127.5 - 1, dec / 127.5 - 1).flatten().tolist() for net, model in self.lpips.items()}
+            lpips = {
+                net: model(ref / 127.5 - 1, dec / 127.5 - 1).flatten().tolist() for net, model in self.lpips.items()
+            }
         none = [None] * len(ref)
         return [
             FrameScores(

@@ -30,7 +30,7 @@ DTYPES = {  # accepted spellings -> torch dtype name
 
 
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
-    """"auto" -> CUDA when available, else CPU. "cuda:1" style indices are kept."""
+    """ "auto" -> CUDA when available, else CPU. "cuda:1" style indices are kept."""
     import torch
 
     if isinstance(device, torch.device):
@@ -50,7 +50,7 @@ def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
 
 
 def resolve_dtype(dtype: "str | torch.dtype" = "auto", device: "str | torch.device" = "cpu") -> "torch.dtype":
-    """"auto" -> float16 on CUDA (half the memory, tensor cores), float32 on CPU (fp16 CPU
+    """ "auto" -> float16 on CUDA (half the memory, tensor cores), float32 on CPU (fp16 CPU
     kernels are slow or missing). Explicit choices are honoured on either device."""
     import torch
 

@@ -63,7 +63,7 @@ def select(
     ``strip`` removes a component's own prefix in a file holding several components.
     """
     wanted = tuple(strip + p for p in prefixes)
-    return {name[len(strip):]: t for name, t in state_dict.items() if name.startswith(wanted)}
+    return {name[len(strip) :]: t for name, t in state_dict.items() if name.startswith(wanted)}
 
 
 def fingerprint_file(path: str | os.PathLike, prefixes: Iterable[str] = ("",), strip: str = "") -> bytes:

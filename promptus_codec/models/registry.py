@@ -1,8 +1,8 @@
 """Models by name, as ``--model`` spells them. Each backend is imported only when asked for.
 
-    "tiny"      the built-in toy model (promptus_codec/models/tiny.py), random weights in the package
-    "mini"      the built-in trained model (promptus_codec/models/mini.py), weights in the package
-    "sd-turbo"  SD 2.1 Turbo + TAESD (promptus_codec/models/sd_turbo.py), user-supplied weights
+"tiny"      the built-in toy model (promptus_codec/models/tiny.py), random weights in the package
+"mini"      the built-in trained model (promptus_codec/models/mini.py), weights in the package
+"sd-turbo"  SD 2.1 Turbo + TAESD (promptus_codec/models/sd_turbo.py), user-supplied weights
 """
 
 from __future__ import annotations

@@ -148,8 +148,7 @@ def load_sd_turbo(
     # Measured on this project's CPUs: channels_last makes TAESD 1.2x faster, the UNet 0.85x.
     tiny = apply_layout(tiny, channels_last=device.type == "cpu")
     identity = ModelIdentity(SPEC.name, denoiser_sha256, decoder_sha256, encoder_sha256)
-    sources = {"denoiser": sd_turbo_files[UNET].path, "encoder": sd_turbo_files[VAE].path,
-               "decoder": taesd_file.path}
+    sources = {"denoiser": sd_turbo_files[UNET].path, "encoder": sd_turbo_files[VAE].path, "decoder": taesd_file.path}
     return SDTurbo(unet, vae, tiny, identity, sources, device, dtype)
 
 
@@ -183,8 +182,7 @@ def checkpoints_dir() -> Path:
 def find_sd_turbo(source: str | os.PathLike | None = None) -> dict[Component, WeightsFile] | None:
     """The files holding the UNet and the VAE, or None when they are not on this machine."""
     if source is None:
-        return (_sd_turbo_in(_folder(checkpoints_dir()))
-                or _sd_turbo_in(_hub_cache(SD_TURBO_REPO, SD_TURBO_REVISION)))
+        return _sd_turbo_in(_folder(checkpoints_dir())) or _sd_turbo_in(_hub_cache(SD_TURBO_REPO, SD_TURBO_REVISION))
     if Path(source).is_file():
         single = WeightsFile(Path(source), ldm=True)
         return {UNET: single, VAE: single}
@@ -248,25 +246,35 @@ def _not_found(source, taesd, sd_turbo_missing: bool, taesd_missing: bool) -> We
     checkpoints = checkpoints_dir()
     lines = ["SD-Turbo weights not found."]
     if sd_turbo_missing and source is not None:
-        lines.append(f"  source={str(source)!r} is not a .safetensors file, a folder holding {SINGLE_FILE} "
-                     "(or unet/ and vae/), or a hub id in the Hugging Face cache.")
+        lines.append(
+            f"  source={str(source)!r} is not a .safetensors file, a folder holding {SINGLE_FILE} "
+            "(or unet/ and vae/), or a hub id in the Hugging Face cache."
+        )
     if taesd_missing and taesd is not None:
-        lines.append(f"  taesd={str(taesd)!r} is not a .safetensors file, a folder holding {WEIGHTS_FILE}, "
-                     "or a hub id in the Hugging Face cache.")
+        lines.append(
+            f"  taesd={str(taesd)!r} is not a .safetensors file, a folder holding {WEIGHTS_FILE}, "
+            "or a hub id in the Hugging Face cache."
+        )
     put, run = [], []
     if sd_turbo_missing:
         put.append(f"  {checkpoints / SINGLE_FILE}  (SD-Turbo, the single file in the original Stability layout)")
-        run.append(f"  hf download {SD_TURBO_REPO} {SINGLE_FILE} --revision {SD_TURBO_REVISION} "
-                   f"--local-dir {checkpoints}")
+        run.append(
+            f"  hf download {SD_TURBO_REPO} {SINGLE_FILE} --revision {SD_TURBO_REVISION} --local-dir {checkpoints}"
+        )
     if taesd_missing:
         put.append(f"  {checkpoints / 'taesd' / WEIGHTS_FILE}  (TAESD, diffusers layout)")
-        run.append(f"  hf download {TAESD_REPO} {WEIGHTS_FILE} --revision {TAESD_REVISION} "
-                   f"--local-dir {checkpoints / 'taesd'}")
-    lines += ["Put these files in place:", *put,
-              "or fetch them on a machine with internet access, then copy them here "
-              "(huggingface_hub < 0.34: huggingface-cli download):", *run,
-              f"Searched {checkpoints.resolve()} (set PROMPTUS_CHECKPOINTS to change it) "
-              f"and the Hugging Face cache {constants.HF_HUB_CACHE}."]
+        run.append(
+            f"  hf download {TAESD_REPO} {WEIGHTS_FILE} --revision {TAESD_REVISION} --local-dir {checkpoints / 'taesd'}"
+        )
+    lines += [
+        "Put these files in place:",
+        *put,
+        "or fetch them on a machine with internet access, then copy them here "
+        "(huggingface_hub < 0.34: huggingface-cli download):",
+        *run,
+        f"Searched {checkpoints.resolve()} (set PROMPTUS_CHECKPOINTS to change it) "
+        f"and the Hugging Face cache {constants.HF_HUB_CACHE}.",
+    ]
     return WeightsNotFoundError("\n".join(lines))
 
 
@@ -282,7 +290,9 @@ def _load(component: Component, weights: WeightsFile, device, dtype):
     _check_keys(component, weights.path, model.state_dict(), state)
     model.load_state_dict(state, assign=True)
     covered = {name: t for name, t in state.items() if name.startswith(component.fingerprinted)}
-    digest = fingerprint.cached_digest(weights.path, component.config, lambda: fingerprint.fingerprint_state_dict(covered))
+    digest = fingerprint.cached_digest(
+        weights.path, component.config, lambda: fingerprint.fingerprint_state_dict(covered)
+    )
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False), digest
 
 
@@ -293,8 +303,10 @@ def _read(component: Component, weights: WeightsFile) -> dict[str, "torch.Tensor
     if not weights.ldm:
         return state
     if not state:
-        raise ModelError(f"{weights.path} has no '{prefix}*' tensors: it is not an SD-Turbo checkpoint "
-                         "in the original Stability layout")
+        raise ModelError(
+            f"{weights.path} has no '{prefix}*' tensors: it is not an SD-Turbo checkpoint "
+            "in the original Stability layout"
+        )
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     convert = convert_ldm_unet_checkpoint if component is UNET else convert_ldm_vae_checkpoint

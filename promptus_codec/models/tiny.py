@@ -118,9 +118,11 @@ PARTS = (UNET, TAESD, VAE)
 
 
 class TinyModel(torch.nn.Module):
-    """A built-in model's networks (tiny or mini) behind the :class:`~promptus_codec.models.base.GenerationModel` interface."""
+    """A built-in model's networks (tiny or mini) behind the GenerationModel interface (models/base.py)."""
 
-    def __init__(self, unet, taesd, vae, weights_path: Path | None = None, layout: Layout = Layout(), spec: ModelSpec = SPEC):
+    def __init__(
+        self, unet, taesd, vae, weights_path: Path | None = None, layout: Layout = Layout(), spec: ModelSpec = SPEC
+    ):
         super().__init__()
         self.spec = spec  # tiny's or mini's: same shapes and constants, another name
         self.unet = apply_layout(unet, layout.denoiser_channels_last)  # UNet2DConditionModel
@@ -217,19 +219,23 @@ def load_builtin(
     parts = build_parts(configs)
     for part in PARTS:
         module = parts[part.key]
-        own = {name[len(part.key) + 1:]: t for name, t in state.items() if name.startswith(part.key + ".")}
+        own = {name[len(part.key) + 1 :]: t for name, t in state.items() if name.startswith(part.key + ".")}
         expected = module.state_dict()
         missing = expected.keys() - own.keys()
         odd = sorted((own.keys() - expected.keys()) | {k for k in missing if _runs(part, k)})
         if odd:
-            raise ModelError(f"{weights} does not fit the {spec.name} {part.key} of {config_file.name} (first odd key: {odd[0]})")
+            raise ModelError(
+                f"{weights} does not fit the {spec.name} {part.key} of {config_file.name} (first odd key: {odd[0]})"
+            )
         own.update({k: torch.zeros(expected[k].shape) for k in missing})  # never-run halves left out of the file
         # Cast the tensors, not the module: diffusers warns on module.to(dtype).
         module.load_state_dict({k: t.to(device=device, dtype=dtype) for k, t in own.items()}, assign=True)
         module.eval().requires_grad_(False)
     if layout is None:
         layout = TINY_CPU_LAYOUT if device.type == "cpu" else Layout()
-    model = TinyModel(parts["unet"], parts["taesd"], parts["vae"], weights_path=weights.resolve(), layout=layout, spec=spec)
+    model = TinyModel(
+        parts["unet"], parts["taesd"], parts["vae"], weights_path=weights.resolve(), layout=layout, spec=spec
+    )
     model.identity()  # fingerprint now (cached per file), while the file is the one just read
     return model
 

@@ -33,11 +33,20 @@ def positive(value) -> bool:
 def cpu_run(tmp_path_factory):
     """The documented CPU command, run once in a subprocess: (report, out folder, seconds)."""
     out = tmp_path_factory.mktemp("gpu-check")
-    env = {**os.environ, "PROMPTUS_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}  # one thread: steady on a shared 2-core machine, and modest
+    env = {
+        **os.environ,
+        "PROMPTUS_CACHE": str(out / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }  # one thread: steady on a shared 2-core machine, and modest
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(SCRIPT), *CPU_COMMAND, "--out", str(out / "report")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *CPU_COMMAND, "--out", str(out / "report")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "report" / "report.json").read_text()), out / "report", seconds, done.stdout
@@ -85,7 +94,14 @@ def test_matmul_peak_and_decode_figures_are_real(cpu_run):
         for batch in (1, 10):
             (row,) = rows(report, "decode", model="tiny", size=64, batch=batch, dtype=dtype, mode="eager")
             assert row["status"] == "measured", row
-            for key in ("ms_per_frame", "frames_per_s", "tflops", "pct_of_matmul_peak", "peak_mem_mb", "gflop_per_frame"):
+            for key in (
+                "ms_per_frame",
+                "frames_per_s",
+                "tflops",
+                "pct_of_matmul_peak",
+                "peak_mem_mb",
+                "gflop_per_frame",
+            ):
                 assert positive(row[key]), (key, row)
             assert row["ms_per_frame"] * row["frames_per_s"] == pytest.approx(1000, rel=1e-3)
             assert row["tflops"] / peak["tflops"] * 100 == pytest.approx(row["pct_of_matmul_peak"], rel=1e-3)

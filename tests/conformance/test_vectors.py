@@ -274,7 +274,9 @@ def spec_header(doc: dict) -> bytes:
         + rect(doc["source_rect"])
         + rect(doc["coded_rect"])
         + _u("3I", doc["frame_rate_num"], doc["frame_rate_den"], doc["frame_count"])
-        + _u("5H", *(doc[k] for k in ("prompt_tokens", "prompt_dim", "latent_channels", "latent_height", "latent_width")))
+        + _u(
+            "5H", *(doc[k] for k in ("prompt_tokens", "prompt_dim", "latent_channels", "latent_height", "latent_width"))
+        )
         + _u("IBBH", doc["noise_seed"], doc["noise_generator"], doc["prediction_type"], doc["timestep"])
         + _f32(doc["latent_weight"])
         + _f32(doc["noise_weight"])
@@ -291,7 +293,11 @@ def spec_payload(doc: dict) -> bytes:
     """§6: the payload of one record, field by field."""
     kind = doc["type"]
     if kind == "Scene":
-        return _u("IB", doc["first_frame"], doc["latent_format"]) + _f32(doc["latent_scale"]) + bytes.fromhex(doc["latent"]["hex"])
+        return (
+            _u("IB", doc["first_frame"], doc["latent_format"])
+            + _f32(doc["latent_scale"])
+            + bytes.fromhex(doc["latent"]["hex"])
+        )
     if kind == "Keyframe":
         fixed = _u("IHB", doc["frame_index"], doc["rank"], doc["quant_scheme"])
         scales = b"".join(_f32(doc[k]) for k in ("u_scale", "u_zero_point", "v_scale", "v_zero_point"))
@@ -301,14 +307,23 @@ def spec_payload(doc: dict) -> bytes:
     if kind == "EncoderSettings":
         return json.dumps(doc["settings_json"], sort_keys=True, separators=(",", ":")).encode("utf-8")
     if kind == "SeekIndex":
-        return _u("I", doc["entry_count"]) + b"".join(_u("IQ", e["frame_index"], e["byte_offset"]) for e in doc["entries"])
+        return _u("I", doc["entry_count"]) + b"".join(
+            _u("IQ", e["frame_index"], e["byte_offset"]) for e in doc["entries"]
+        )
     if kind == "Quality":
-        return _u("II", doc["first_frame"], doc["frame_count"]) + b"".join(_f32(x) for x in doc["psnr_db"] + doc["loss"])
+        return _u("II", doc["first_frame"], doc["frame_count"]) + b"".join(
+            _f32(x) for x in doc["psnr_db"] + doc["loss"]
+        )
     if kind == "Padding":
         return bytes(doc["record_length"])  # §6.7: a writer fills it with 0x00 bytes
     if kind == "ReconThumbnail":
-        assert doc["luma"]["dtype"] == "|u1" and doc["luma"]["shape"] == [doc["thumbnail_height"], doc["thumbnail_width"]]
-        return _u("IHH", doc["frame_index"], doc["thumbnail_width"], doc["thumbnail_height"]) + bytes.fromhex(doc["luma"]["hex"])
+        assert doc["luma"]["dtype"] == "|u1" and doc["luma"]["shape"] == [
+            doc["thumbnail_height"],
+            doc["thumbnail_width"],
+        ]
+        return _u("IHH", doc["frame_index"], doc["thumbnail_width"], doc["thumbnail_height"]) + bytes.fromhex(
+            doc["luma"]["hex"]
+        )
     assert kind == "Unknown"
     return bytes.fromhex(doc["payload"])
 
@@ -393,8 +408,17 @@ def test_records_both_ways(name):
 
 def test_both_ways_covers_every_record_type():
     seen = {r["type"] for name in ACCEPTED for r in _expected(name)["records"]}
-    assert seen == {"Scene", "Keyframe", "End", "EncoderSettings", "SeekIndex", "Quality", "Padding", "ReconThumbnail",
-                    "Unknown"}
+    assert seen == {
+        "Scene",
+        "Keyframe",
+        "End",
+        "EncoderSettings",
+        "SeekIndex",
+        "Quality",
+        "Padding",
+        "ReconThumbnail",
+        "Unknown",
+    }
     formats = {r["latent_format"] for name in ACCEPTED for r in _expected(name)["records"] if r["type"] == "Scene"}
     assert formats == {1, 2, 3}
 

@@ -67,10 +67,5 @@ def decoded_planes(path) -> list[list[np.ndarray]]:
     out = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
-            out.append(
-                [
-                    np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
-                    for p in frame.planes
-                ]
-            )
+            out.append([np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes])
     return out

@@ -32,9 +32,7 @@ CONTAINERS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "suffix, codec, pix_fmt, options, tolerance", CONTAINERS, ids=[c[0] for c in CONTAINERS]
-)
+@pytest.mark.parametrize("suffix, codec, pix_fmt, options, tolerance", CONTAINERS, ids=[c[0] for c in CONTAINERS])
 def test_read_containers(tmp_path, suffix, codec, pix_fmt, options, tolerance):
     frames = gradient_frames(10)
     path = tmp_path / f"clip.{suffix}"
@@ -93,9 +91,7 @@ def test_read_y4m_from_stdin(tmp_path):
         "    print(v.width, v.height, v.frame_rate, sum(1 for _ in v))\n"
     )
     data = (tmp_path / "a.y4m").read_bytes()
-    out = subprocess.run(
-        [sys.executable, "-c", script], input=data, capture_output=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, check=True)
     assert out.stdout.decode().split() == ["64", "48", "30", "7"]
 
 

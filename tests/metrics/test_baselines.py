@@ -36,7 +36,9 @@ def clip(tmp_path_factory):
 def test_achieved_kbps_is_bytes_over_duration():
     assert achieved_kbps(12_500, 30, Fraction(30)) == 100.0
     # float64: 4 roundings in achieved_kbps (the frame rate, a multiply, two divides), 3 here
-    assert achieved_kbps(1000, 60, Fraction(30000, 1001)) == pytest.approx(8 * 1000 / (60 * 1001 / 30000) / 1000, rel=gamma64(7), abs=0)
+    assert achieved_kbps(1000, 60, Fraction(30000, 1001)) == pytest.approx(
+        8 * 1000 / (60 * 1001 / 30000) / 1000, rel=gamma64(7), abs=0
+    )
 
 
 @pytest.mark.parametrize("codec", ["x265", "vvenc"])
@@ -47,7 +49,9 @@ def test_two_pass_baselines_reach_the_target(codec, clip, tmp_path):
     run = encode_baseline(codec, y4m, tmp_path, 100.0)
     size = run.stream.stat().st_size
     assert run.bytes == size and run.frames == FRAMES and run.frame_rate == RATE
-    assert run.achieved_kbps == pytest.approx(size * 8 / (FRAMES / 30) / 1000, rel=gamma64(8), abs=0)  # float64, 4 + 4 roundings
+    assert run.achieved_kbps == pytest.approx(
+        size * 8 / (FRAMES / 30) / 1000, rel=gamma64(8), abs=0
+    )  # float64, 4 + 4 roundings
     # One second is short for rate control; measured here: x265 +11%, vvenc -15%.
     assert 65 < run.achieved_kbps < 135, run.achieved_kbps
     with open_video(str(run.decoded), fps=RATE) as decoded:
@@ -60,6 +64,8 @@ def test_svtav1_records_what_it_achieved(clip, tmp_path):
     if "libsvtav1" not in av.codecs_available:
         pytest.skip("this PyAV build has no libsvtav1")
     run = encode_baseline("svtav1", clip[0], tmp_path, 100.0)
-    assert run.achieved_kbps == pytest.approx(run.stream.stat().st_size * 8 / 1000, rel=gamma64(6), abs=0)  # float64, 4 + 2 roundings
+    assert run.achieved_kbps == pytest.approx(
+        run.stream.stat().st_size * 8 / 1000, rel=gamma64(6), abs=0
+    )  # float64, 4 + 2 roundings
     with open_video(str(run.decoded), fps=RATE) as decoded:
         assert sum(1 for _ in decoded) == FRAMES

@@ -72,7 +72,14 @@ def test_compare_rows_give_bd_rate_per_metric():
     from promptus_codec.metrics.compare import bd_rates
 
     def row(codec, kbps, q):
-        return {"codec": codec, "achieved_kbps": kbps, "psnr_y": q, "ms_ssim": q / 50, "lpips_alex": None, "lpips_vgg": None}
+        return {
+            "codec": codec,
+            "achieved_kbps": kbps,
+            "psnr_y": q,
+            "ms_ssim": q / 50,
+            "lpips_alex": None,
+            "lpips_vgg": None,
+        }
 
     rows = [row("x265", r, q) for r, q in zip(RATES, PSNR)] + [row("promptus", r / 2, q) for r, q in zip(RATES, PSNR)]
     result = bd_rates(rows, ("x265",))["x265"]

@@ -70,7 +70,8 @@ def test_scorer_psnr_matches_numpy_on_luma_and_rgb():
 
 
 @pytest.mark.parametrize(
-    "side, scales", [(512, 5), (161, 5), (160, 4), (128, 4), (81, 4), (80, 3), (64, 3), (41, 3), (40, 2), (21, 2), (20, 0), (8, 0)]
+    "side, scales",
+    [(512, 5), (161, 5), (160, 4), (128, 4), (81, 4), (80, 3), (64, 3), (41, 3), (40, 2), (21, 2), (20, 0), (8, 0)],
 )
 def test_ms_ssim_scales(side, scales):
     assert ms_ssim_scales(side, 4 * side) == ms_ssim_scales(4 * side, side) == scales
@@ -89,7 +90,10 @@ def test_ms_ssim_loop_is_the_library_with_five_weights():
 def test_ms_ssim_on_small_frames_uses_fewer_scales_and_falls_with_noise():
     for side in (128, 64):
         a = smooth(side, side)
-        scores = [s.ms_ssim for s in Scorer(nets=()).score(np.stack([a] * 3), np.stack([a, with_noise(a, 4), with_noise(a, 32)]))]
+        scores = [
+            s.ms_ssim
+            for s in Scorer(nets=()).score(np.stack([a] * 3), np.stack([a, with_noise(a, 4), with_noise(a, 32)]))
+        ]
         assert scores[0] == pytest.approx(1.0, abs=1e-6)  # identical frames: see test_identical_frames_score_the_cap
         assert 1.0 > scores[1] > scores[2] > 0
 

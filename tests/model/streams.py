@@ -23,12 +23,18 @@ from promptus_codec.container.records import (
 from promptus_codec.container.writer import write_prx
 
 
-def random_keyframe(rng: np.random.Generator, frame_index: int, rank: int, m: int = 77, n: int = 1024) -> KeyframeRecord:
+def random_keyframe(
+    rng: np.random.Generator, frame_index: int, rank: int, m: int = 77, n: int = 1024
+) -> KeyframeRecord:
     """Factors whose composed prompt has entries of order 1, like a fitted one."""
     return KeyframeRecord(
-        frame_index, rank, QuantScheme.AFFINE_INT8,
-        u_scale=0.02, u_zero_point=float(rng.integers(-10, 10)),
-        v_scale=0.02, v_zero_point=float(rng.integers(-10, 10)),
+        frame_index,
+        rank,
+        QuantScheme.AFFINE_INT8,
+        u_scale=0.02,
+        u_zero_point=float(rng.integers(-10, 10)),
+        v_scale=0.02,
+        v_zero_point=float(rng.integers(-10, 10)),
         u=rng.integers(-128, 128, (m, rank), dtype=np.int8),
         v=rng.integers(-128, 128, (rank, n), dtype=np.int8),
     )
@@ -76,7 +82,9 @@ def make_stream(
 CROP_96x64 = SourceGeometry(96, 64, FitMode.CROP, Rect(16, 0, 64, 64), Rect(0, 0, 64, 64))
 
 
-def write_clip(path, frames: int = 60, size: tuple[int, int] = (64, 64), fps: Fraction = Fraction(30), cut_at: int | None = None):
+def write_clip(
+    path, frames: int = 60, size: tuple[int, int] = (64, 64), fps: Fraction = Fraction(30), cut_at: int | None = None
+):
     """A smooth synthetic clip (drifting gradients); after ``cut_at`` a different picture."""
     from promptus_codec.media import open_writer
 

@@ -30,7 +30,19 @@ from .streams import make_stream, write_clip  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SKY = ROOT.parent / "shared" / "data" / "sky_512.mp4"
-FAST = ["--model", "tiny", "--perceptual", "none", "--preset", "draft", "--iterations", "2", "--first-iterations", "3", "-q"]
+FAST = [
+    "--model",
+    "tiny",
+    "--perceptual",
+    "none",
+    "--preset",
+    "draft",
+    "--iterations",
+    "2",
+    "--first-iterations",
+    "3",
+    "-q",
+]
 SIZE = ["--size", "64x64"]
 LAYOUT = [[(0, 4), (4, 4), (8, 4), (12, 4)], [(13, 4), (16, 4)]]  # the decode cases' stream: 17 frames, 2 scenes
 
@@ -113,38 +125,82 @@ class Case:
 
 CASES = {
     "nonexistent input": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), None, 1, "Error: no such file: "),
-    "empty .mp4": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), "empty .mp4", 1,
-                       "as video: the file is empty (0 bytes)"),
-    "text .mp4": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), "text .mp4", 1,
-                      "as video: Invalid data found when processing input (not a video, or an incomplete one)"),
+    "empty .mp4": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), "empty .mp4", 1, "as video: the file is empty (0 bytes)"
+    ),
+    "text .mp4": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE),
+        "text .mp4",
+        1,
+        "as video: Invalid data found when processing input (not a video, or an incomplete one)",
+    ),
     "random bytes .mp4": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), "random bytes .mp4", 1, "as video: "),
-    "mp4 cut at 30%": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "60"),
-                           "mp4 cut at 30%", 1, "(not a video, or an incomplete one)"),
+    "mp4 cut at 30%": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "60"),
+        "mp4 cut at 30%",
+        1,
+        "(not a video, or an incomplete one)",
+    ),
     "mp4 cut at 30%, index first": Case(
-        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "60"), "mp4 cut at 30%, index first", 0,
-        "promptus: warning: the input ended after", leaves=("o.prx",)),
-    "y4m header, no frames": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), "y4m header, no frames", 1,
-                                  "has no frames"),
-    "1-frame video at 100k": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "100k"), "1-frame video", 1,
-                                  "100 kb/s cannot be reached for this clip: the reachable range is"),
-    "1-frame video at 1000k": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "1000k"), "1-frame video",
-                                   0, "encoded 1 frame (64x64) into 1 keyframes", leaves=("o.prx",)),
-    "16x16 video": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "10"), "16x16 video",
-                        1, "the source video is 16x16, below the minimum of 64x64 pixels"),
-    "1k target": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "1k"), "clip", 1,
-                      "1 kb/s cannot be reached for this clip: the reachable range is"),
-    "100000k target": Case(("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "100000k"), "clip", 1,
-                           "100000 kb/s cannot be reached for this clip: the reachable range is"),
-    "output into a missing folder": Case(("encode", "INPUT", "-o", "OUT/missing/o.prx", *SIZE, "--bitrate", "200k"),
-                                         "clip", 1, "/missing does not exist"),
-    "output path equal to the input": Case(("encode", "INPUT", "-o", "INPUT", *SIZE, "--bitrate", "200k"), "clip", 1,
-                                           "it is the input"),
-    "decode of a .prx cut at half": Case(("decode", "INPUT", "-o", "OUT/o.y4m", "-q"), ".prx cut at half", 0,
-                                         "warning: stream is truncated at byte", leaves=("o.y4m",)),
-    "decode of a .prx with flipped bytes": Case(("decode", "INPUT", "-o", "OUT/o.y4m", "-q"), ".prx with flipped bytes",
-                                                1, "Error: record CRC-32 mismatch"),
-    "inspect of random bytes": Case(("inspect", "INPUT"), "random bytes .prx", 1,
-                                    "Error: not a .prx file: the signature is wrong (at byte 0)"),
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "60"),
+        "mp4 cut at 30%, index first",
+        0,
+        "promptus: warning: the input ended after",
+        leaves=("o.prx",),
+    ),
+    "y4m header, no frames": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE), "y4m header, no frames", 1, "has no frames"
+    ),
+    "1-frame video at 100k": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "100k"),
+        "1-frame video",
+        1,
+        "100 kb/s cannot be reached for this clip: the reachable range is",
+    ),
+    "1-frame video at 1000k": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "1000k"),
+        "1-frame video",
+        0,
+        "encoded 1 frame (64x64) into 1 keyframes",
+        leaves=("o.prx",),
+    ),
+    "16x16 video": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--rank", "1", "--interval", "10"),
+        "16x16 video",
+        1,
+        "the source video is 16x16, below the minimum of 64x64 pixels",
+    ),
+    "1k target": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "1k"),
+        "clip",
+        1,
+        "1 kb/s cannot be reached for this clip: the reachable range is",
+    ),
+    "100000k target": Case(
+        ("encode", "INPUT", "-o", "OUT/o.prx", *SIZE, "--bitrate", "100000k"),
+        "clip",
+        1,
+        "100000 kb/s cannot be reached for this clip: the reachable range is",
+    ),
+    "output into a missing folder": Case(
+        ("encode", "INPUT", "-o", "OUT/missing/o.prx", *SIZE, "--bitrate", "200k"), "clip", 1, "/missing does not exist"
+    ),
+    "output path equal to the input": Case(
+        ("encode", "INPUT", "-o", "INPUT", *SIZE, "--bitrate", "200k"), "clip", 1, "it is the input"
+    ),
+    "decode of a .prx cut at half": Case(
+        ("decode", "INPUT", "-o", "OUT/o.y4m", "-q"),
+        ".prx cut at half",
+        0,
+        "warning: stream is truncated at byte",
+        leaves=("o.y4m",),
+    ),
+    "decode of a .prx with flipped bytes": Case(
+        ("decode", "INPUT", "-o", "OUT/o.y4m", "-q"), ".prx with flipped bytes", 1, "Error: record CRC-32 mismatch"
+    ),
+    "inspect of random bytes": Case(
+        ("inspect", "INPUT"), "random bytes .prx", 1, "Error: not a .prx file: the signature is wrong (at byte 0)"
+    ),
 }
 
 
@@ -196,9 +252,12 @@ def test_bad_output_in_a_real_process(material, tmp_path, name):
     """The two cases that once ended in a traceback (missing folder) or a destroyed input (same path)."""
     out = tmp_path / "out"
     out.mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *command(CASES[name], material, out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *command(CASES[name], material, out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and CASES[name].message in done.stderr
     assert list(out.iterdir()) == []
-

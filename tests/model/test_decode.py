@@ -113,11 +113,15 @@ def test_driver_prompts_noise_and_closed_loop(stream, tiny_model):
     order = sorted(keyframes)
     for frame in range(17):
         if frame in scenes:
-            np.testing.assert_array_equal(prompts[frame], compose(*(lambda f: (f.u, f.v))(dequantized_factors(keyframes[frame]))))
+            np.testing.assert_array_equal(
+                prompts[frame], compose(*(lambda f: (f.u, f.v))(dequantized_factors(keyframes[frame])))
+            )
             continue
         prev = max(k for k in order if k < frame)
         nxt = min(k for k in order if k >= frame)
-        assert prompts[frame].tobytes() == reference_interpolation(keyframes[prev], keyframes[nxt], frame).tobytes(), frame
+        assert prompts[frame].tobytes() == reference_interpolation(keyframes[prev], keyframes[nxt], frame).tobytes(), (
+            frame
+        )
     for z_prev, n, _ in runtime.calls:
         assert n.tobytes() == noise.tobytes()
     # Chunks of one interval share z_prev; a scene restarts from its own latent.
@@ -157,7 +161,8 @@ def test_decode_is_deterministic_and_y4m_reads_back_exactly(stream, tiny_model, 
 def test_y4m_444_to_stdout(stream, tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "decode", str(stream), "-o", "-", "--chroma", "444", "-q"],
-        capture_output=True, timeout=300,
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"YUV4MPEG2 W64 H64 F30:1") and b"C444" in done.stdout[:80]
@@ -241,7 +246,10 @@ def test_missing_sd_turbo_weights_one_message(stream, tmp_path, monkeypatch):
     monkeypatch.delenv("PROMPTUS_CHECKPOINTS", raising=False)
     done = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "decode", str(stream), "-o", "o.y4m", "--model", "sd-turbo"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={**__import__("os").environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 1

@@ -34,7 +34,19 @@ from .streams import write_clip
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SKY = ROOT.parent / "shared" / "data" / "sky_512.mp4"
-FAST = ["--model", "tiny", "--perceptual", "none", "--preset", "draft", "--iterations", "3", "--first-iterations", "5", "-q"]
+FAST = [
+    "--model",
+    "tiny",
+    "--perceptual",
+    "none",
+    "--preset",
+    "draft",
+    "--iterations",
+    "3",
+    "--first-iterations",
+    "5",
+    "-q",
+]
 
 
 def encode(*args):
@@ -56,7 +68,9 @@ def test_fitting_loss_falls(tiny_model):
     z_prev = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
     noise = initial_noise_tensor(tiny_model.spec.generation, (4, 8, 8))
     config = FitConfig(first_iterations=60, early_stop_patience=0, alpha=1.0)
-    result = fit_keyframe(generator, FitTask(target, z_prev, noise, frame_index=0, rank=4), config, PerceptualLoss(None))
+    result = fit_keyframe(
+        generator, FitTask(target, z_prev, noise, frame_index=0, rank=4), config, PerceptualLoss(None)
+    )
     assert result.iterations == 60
     assert result.best_loss < 0.5 * result.initial_loss
     assert result.u.dtype == np.int8 and result.u.shape == (77, 4) and result.v.shape == (4, 1024)
@@ -175,8 +189,25 @@ def test_y4m_on_stdin(clip, tmp_path):
     out = tmp_path / "o.prx"
     with open(clip, "rb") as stdin:
         done = subprocess.run(
-            [sys.executable, str(ROOT / "cli.py"), "encode", "-", "-o", str(out), "--rank", "1", "--interval", "30", "--size", "64x64", *FAST],
-            stdin=stdin, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "encode",
+                "-",
+                "-o",
+                str(out),
+                "--rank",
+                "1",
+                "--interval",
+                "30",
+                "--size",
+                "64x64",
+                *FAST,
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     assert done.returncode == 0, done.stderr
     assert read_prx(out).end.frame_count == 60
@@ -215,7 +246,9 @@ def test_lpips_without_backbone_weights_says_what_to_do(clip, tmp_path):
         pytest.skip("the AlexNet backbone is in the torch hub cache on this machine")
     out = tmp_path / "o.prx"
     args = [a for a in FAST if a not in ("--perceptual", "none")]
-    result = encode(clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", "--perceptual", "lpips", *args)
+    result = encode(
+        clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", "--perceptual", "lpips", *args
+    )
     assert result.exit_code == 1
     assert "alexnet-owt-7be5be79.pth" in result.output and "--perceptual none" in result.output
     assert result.output.count("\n") == 1

@@ -16,7 +16,14 @@ from promptus_codec.container.reader import read_prx
 from promptus_codec.prompt import dequantize
 from tolerances import gamma64  # tests/ is on sys.path (rootdir conftest)
 
-SKY = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "reference-prompts" / "sky_rank8_interval10"
+SKY = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / ".."
+    / "shared"
+    / "data"
+    / "reference-prompts"
+    / "sky_rank8_interval10"
+)
 
 
 def write_legacy_folder(folder, keyframes=(0, 4, 8), rank=3, m=77, n=1024, seed=0):
@@ -63,7 +70,9 @@ def check_lossless(prx_path, saved, init):
 def test_import_small_folder_is_lossless(tmp_path):
     saved, init = write_legacy_folder(tmp_path / "legacy")
     out = tmp_path / "out.prx"
-    result = CliRunner().invoke(main, ["import-legacy", str(tmp_path / "legacy"), "-o", str(out), "--fps", "30000/1001"])
+    result = CliRunner().invoke(
+        main, ["import-legacy", str(tmp_path / "legacy"), "-o", str(out), "--fps", "30000/1001"]
+    )
     assert result.exit_code == 0, result.output
     prx = check_lossless(out, saved, init)
     h = prx.header
@@ -96,7 +105,9 @@ def test_pickled_code_is_never_run(tmp_path):
     """A prompt file holding a pickled callable is refused by weights_only loading."""
     write_legacy_folder(tmp_path / "legacy")
     marker = tmp_path / "pwned"
-    torch.save({"U": Exploit(str(marker))}, tmp_path / "legacy" / "frame_00004.prompt", _use_new_zipfile_serialization=True)
+    torch.save(
+        {"U": Exploit(str(marker))}, tmp_path / "legacy" / "frame_00004.prompt", _use_new_zipfile_serialization=True
+    )
     result = CliRunner().invoke(main, ["import-legacy", str(tmp_path / "legacy"), "-o", str(tmp_path / "o.prx")])
     assert result.exit_code == 1 and not marker.exists()
 
@@ -114,7 +125,9 @@ def test_import_reference_sky(tmp_path):
     out = tmp_path / "sky.prx"
     result = CliRunner().invoke(main, ["import-legacy", str(SKY), "-o", str(out), "--fps", "30"])
     assert result.exit_code == 0, result.output
-    saved = {int(p.stem.split("_")[1]): torch.load(p, weights_only=True, map_location="cpu") for p in SKY.glob("*.prompt")}
+    saved = {
+        int(p.stem.split("_")[1]): torch.load(p, weights_only=True, map_location="cpu") for p in SKY.glob("*.prompt")
+    }
     init = torch.load(SKY / "init.pth", weights_only=True, map_location="cpu")
     check_lossless(out, saved, init)
     doc = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)

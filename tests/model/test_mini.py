@@ -15,7 +15,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from promptus_codec.models import fingerprint  # noqa: E402
-from promptus_codec.models.mini import CONFIG_FILE, PROMPT_ENCODER_KEY, PROVENANCE_FILE, WEIGHTS_FILE, load_prompt_encoder  # noqa: E402
+from promptus_codec.models.mini import (
+    CONFIG_FILE,
+    PROMPT_ENCODER_KEY,
+    PROVENANCE_FILE,
+    WEIGHTS_FILE,
+    load_prompt_encoder,
+)  # noqa: E402
 from promptus_codec.models.registry import load_initializer, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +73,9 @@ def test_provenance_agrees_with_the_shipped_files():
     logged = 0.5e-6 + 1e-15
     assert provenance["final_losses"]["ae_mse"] == pytest.approx(sum(r["ae_mse"] for r in tail) / len(tail), abs=logged)
     generation = [r["gen_mse"] for r in tail if r["gen_mse"] is not None]  # None: a phase-1 step
-    assert provenance["final_losses"]["gen_mse"] == (pytest.approx(sum(generation) / len(generation), abs=logged) if generation else None)
+    assert provenance["final_losses"]["gen_mse"] == (
+        pytest.approx(sum(generation) / len(generation), abs=logged) if generation else None
+    )
 
 
 def test_data_md_lists_every_source_digest():
@@ -136,7 +144,9 @@ def test_training_from_scratch_repeats_the_committed_curve(tmp_path):
     pytest.importorskip("skimage", reason="needs the training extra: pip install -e '.[train]'")
     done = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), "--steps", "3", "--work", str(tmp_path), "--no-export"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     ours = torch.load(tmp_path / "last.pt", weights_only=True)["log"]

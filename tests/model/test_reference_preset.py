@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from promptus_codec.encoder.fit import (
-    FitTask, PerceptualLoss, ReferenceSchedule, RunningQuantiser, fit_keyframe, reference_visits,
+    FitTask,
+    PerceptualLoss,
+    ReferenceSchedule,
+    RunningQuantiser,
+    fit_keyframe,
+    reference_visits,
 )
-from promptus_codec.encoder.options import PRESETS, EncodeOptions
+from promptus_codec.encoder.options import PRESETS
 from promptus_codec.generate import GenerationStep, initial_noise_tensor
 from promptus_codec.prompt import Factors, dequantize
 
@@ -73,7 +78,12 @@ def test_schedule_halves_after_a_window_without_a_new_minimum_down_to_the_floor(
 
 def test_reference_preset_is_the_reference_procedure():
     assert REFERENCE.procedure == "reference" and (REFERENCE.first_iterations, REFERENCE.iterations) == (10_000, 1_500)
-    assert (REFERENCE.first_plateau_patience, REFERENCE.plateau_patience, REFERENCE.lr_floor, REFERENCE.lr) == (300, 20, 0.001, 0.1)
+    assert (REFERENCE.first_plateau_patience, REFERENCE.plateau_patience, REFERENCE.lr_floor, REFERENCE.lr) == (
+        300,
+        20,
+        0.001,
+        0.1,
+    )
     assert (REFERENCE.alpha, REFERENCE.l1_weight, REFERENCE.pixel_range) == (0.8, 0.1, "signed")
     assert (REFERENCE.init, REFERENCE.quantiser, REFERENCE.scene_latent) == ("uniform", "running", "sample")
     assert REFERENCE.early_stop_patience == 0  # it always runs its whole budget
@@ -126,8 +136,13 @@ def test_a_new_adam_at_half_the_lr_after_a_plateau(tiny_model, monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "__init__", record)
     losses = []
     config = replace(REFERENCE, first_iterations=40, first_plateau_patience=1, lr=4.0, lr_floor=0.5)
-    fit_keyframe(GenerationStep(tiny_model), task_for(tiny_model, 1, previous=False), config, PerceptualLoss(None),
-                 on_step=lambda step, loss, best: losses.append((loss, best)))
+    fit_keyframe(
+        GenerationStep(tiny_model),
+        task_for(tiny_model, 1, previous=False),
+        config,
+        PerceptualLoss(None),
+        on_step=lambda step, loss, best: losses.append((loss, best)),
+    )
     # with a window of one iteration, every iteration that brings no new minimum halves the lr
     plateaus = sum(1 for (_, best), (_, before) in zip(losses[1:], losses[:-1]) if best == before)
     assert plateaus >= 1, losses  # lr 4 overshoots: some iterations must fail to improve
@@ -211,8 +226,27 @@ def test_reference_encode_is_deterministic_and_decodes_to_its_reconstruction(tmp
 
     clip = tmp_path / "clip.y4m"
     write_clip(clip, frames=12)
-    args = ["--model", "tiny", "--preset", "reference", "--perceptual", "none", "--iterations", "2",
-            "--first-iterations", "3", "--rank", "4", "--interval", "4", "--size", "64x64", "--latent-format", "float32", "-q"]
+    args = [
+        "--model",
+        "tiny",
+        "--preset",
+        "reference",
+        "--perceptual",
+        "none",
+        "--iterations",
+        "2",
+        "--first-iterations",
+        "3",
+        "--rank",
+        "4",
+        "--interval",
+        "4",
+        "--size",
+        "64x64",
+        "--latent-format",
+        "float32",
+        "-q",
+    ]
     runner = CliRunner()
     outputs = []
     for name in ("a", "b"):

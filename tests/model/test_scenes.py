@@ -92,7 +92,12 @@ def test_moving_pattern_is_one_scene_through_the_encoder(tmp_path, tiny_model):
 
 def test_scene_starts_keep_their_reasons():
     starts = scene_starts([23], frame_count=100, refresh_frames=30)
-    assert starts == [SceneStart(0, "first"), SceneStart(23, "cut"), SceneStart(53, "refresh"), SceneStart(83, "refresh")]
+    assert starts == [
+        SceneStart(0, "first"),
+        SceneStart(23, "cut"),
+        SceneStart(53, "refresh"),
+        SceneStart(83, "refresh"),
+    ]
     assert scene_starts([], frame_count=30, refresh_frames=30) == [SceneStart(0, "first")]
     assert scene_starts([], frame_count=31, refresh_frames=30) == [SceneStart(0, "first"), SceneStart(30, "refresh")]
 

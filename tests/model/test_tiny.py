@@ -98,6 +98,8 @@ def test_script_rebuilds_the_committed_file():
     """Bit-identical only with the torch/CPU that wrote it; hence opt-in."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_tiny_weights.py"), "--check"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

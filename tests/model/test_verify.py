@@ -26,7 +26,19 @@ from promptus_codec.metrics.thumbnail import luma_thumbnail  # noqa: E402
 
 from .streams import write_clip  # noqa: E402
 
-FAST = ["--model", "tiny", "--perceptual", "none", "--preset", "draft", "--iterations", "2", "--first-iterations", "3", "-q"]
+FAST = [
+    "--model",
+    "tiny",
+    "--perceptual",
+    "none",
+    "--preset",
+    "draft",
+    "--iterations",
+    "2",
+    "--first-iterations",
+    "3",
+    "-q",
+]
 KEYFRAMES = [0, 6, 12, 18, 19]  # 20 frames at --interval 6
 
 
@@ -40,7 +52,9 @@ def encoded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("verify")
     clip, out, recon = folder / "clip.y4m", folder / "o.prx", folder / "recon"  # PNG frames: lossless RGB
     write_clip(clip, frames=20)
-    result = run("encode", clip, "-o", out, "--rank", "2", "--interval", "6", "--size", "64x64", "--recon", recon, *FAST)
+    result = run(
+        "encode", clip, "-o", out, "--rank", "2", "--interval", "6", "--size", "64x64", "--recon", recon, *FAST
+    )
     assert result.exit_code == 0, result.output
     return out, recon
 

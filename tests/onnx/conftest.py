@@ -26,8 +26,10 @@ def graph_dir(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("engine")
     width, height = SIZE
-    result = CliRunner().invoke(engine, ["export", "--model", "tiny", "--size", f"{width}x{height}",
-                                         "--batch", str(GRAPH_BATCH), "-o", str(directory)])
+    result = CliRunner().invoke(
+        engine,
+        ["export", "--model", "tiny", "--size", f"{width}x{height}", "--batch", str(GRAPH_BATCH), "-o", str(directory)],
+    )
     assert result.exit_code == 0, result.output
     return directory
 

@@ -11,19 +11,22 @@ EVERYTHING = {fact: True for fact in FACT_FAILED}
 CPU_ONLY = {**EVERYTHING, "gpu": False}
 
 
-@pytest.mark.parametrize("facts, device, expected", [
-    (EVERYTHING, "auto", ("tensorrt", "cuda")),
-    ({**EVERYTHING, "tensorrt": False}, "auto", ("onnx", "cuda")),
-    ({**EVERYTHING, "tensorrt": False, "onnx-graph": False}, "auto", ("torch", "cuda")),
-    ({**EVERYTHING, "tensorrt": False, "onnxruntime-cuda": False}, "auto", ("torch", "cuda")),
-    ({**EVERYTHING, "tensorrt": False, "onnxruntime-cuda": False, "torch-cuda": False}, "auto", ("onnx", "cpu")),
-    (CPU_ONLY, "auto", ("onnx", "cpu")),
-    ({**CPU_ONLY, "onnx-graph": False}, "auto", ("torch", "cpu")),
-    ({**CPU_ONLY, "onnxruntime": False}, "auto", ("torch", "cpu")),
-    ({**CPU_ONLY, "torch": False}, "auto", ("onnx", "cpu")),
-    (EVERYTHING, "cpu", ("onnx", "cpu")),  # --device cpu skips the GPU choices
-    ({**EVERYTHING, "onnx-graph": False}, "cuda", ("torch", "cuda")),
-])
+@pytest.mark.parametrize(
+    "facts, device, expected",
+    [
+        (EVERYTHING, "auto", ("tensorrt", "cuda")),
+        ({**EVERYTHING, "tensorrt": False}, "auto", ("onnx", "cuda")),
+        ({**EVERYTHING, "tensorrt": False, "onnx-graph": False}, "auto", ("torch", "cuda")),
+        ({**EVERYTHING, "tensorrt": False, "onnxruntime-cuda": False}, "auto", ("torch", "cuda")),
+        ({**EVERYTHING, "tensorrt": False, "onnxruntime-cuda": False, "torch-cuda": False}, "auto", ("onnx", "cpu")),
+        (CPU_ONLY, "auto", ("onnx", "cpu")),
+        ({**CPU_ONLY, "onnx-graph": False}, "auto", ("torch", "cpu")),
+        ({**CPU_ONLY, "onnxruntime": False}, "auto", ("torch", "cpu")),
+        ({**CPU_ONLY, "torch": False}, "auto", ("onnx", "cpu")),
+        (EVERYTHING, "cpu", ("onnx", "cpu")),  # --device cpu skips the GPU choices
+        ({**EVERYTHING, "onnx-graph": False}, "cuda", ("torch", "cuda")),
+    ],
+)
 def test_choice(facts, device, expected):
     assert choose_backend(facts, device)[:2] == expected
 
@@ -49,6 +52,7 @@ def test_probes_run_lazily_and_once():
         def run():
             called.append(name)
             return value
+
         return run
 
     values = {**CPU_ONLY}
@@ -59,5 +63,11 @@ def test_probes_run_lazily_and_once():
 
 
 def test_every_choice_has_a_label_and_known_facts():
-    assert [runtime_label(b, d) for b, d, _ in AUTO_ORDER] == ["tensorrt", "onnx-cuda", "torch-cuda", "onnx-cpu", "torch-cpu"]
+    assert [runtime_label(b, d) for b, d, _ in AUTO_ORDER] == [
+        "tensorrt",
+        "onnx-cuda",
+        "torch-cuda",
+        "onnx-cpu",
+        "torch-cpu",
+    ]
     assert {fact for *_, needs in AUTO_ORDER for fact in needs} == set(FACT_FAILED)

@@ -63,8 +63,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_torch_free(*args, engine_dir) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROMPTUS_ENGINE_DIR": str(engine_dir)}
-    return subprocess.run([sys.executable, str(TORCH_FREE), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(TORCH_FREE), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.mark.parametrize("frames", [1, GRAPH_BATCH, 5])  # padded, exact, split + padded
@@ -129,8 +130,9 @@ def test_auto_without_graph_or_torch_says_what_to_install(stream, tmp_path):
 
 def test_auto_with_torch_and_no_graph_picks_torch_cpu(stream, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTUS_ENGINE_DIR", str(tmp_path / "empty"))
-    result = CliRunner().invoke(main, ["decode", str(stream), "-o", str(tmp_path / "o.y4m"), "--backend", "auto",
-                                       "--device", "cpu", "-q"])
+    result = CliRunner().invoke(
+        main, ["decode", str(stream), "-o", str(tmp_path / "o.y4m"), "--backend", "auto", "--device", "cpu", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert "promptus: --backend auto chose torch-cpu (onnx-cpu: no exported graph for this stream)" in result.output
 
@@ -163,8 +165,26 @@ def test_engine_cli_help():
 def test_export_in_a_subprocess(tmp_path, tiny_model):
     """`engine export` as a real process (the lead registers the group as `promptus engine`)."""
     code = "from promptus_codec.engine_cli import engine; engine()"
-    done = subprocess.run([sys.executable, "-c", code, "export", "--model", "tiny", "--size", "64x64", "--batch", "1",
-                           "--verify", "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "export",
+            "--model",
+            "tiny",
+            "--size",
+            "64x64",
+            "--batch",
+            "1",
+            "--verify",
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     (path,) = tmp_path.glob("*.onnx")
     assert GraphKey.parse(path.stem).batch == 1 and f"exported {path}" in done.stdout

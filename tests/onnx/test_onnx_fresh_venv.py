@@ -45,8 +45,9 @@ def _copy_project(destination: Path) -> Path:
     destination.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, destination / name)
-    shutil.copytree(ROOT / "promptus_codec", destination / "promptus_codec",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "promptus_codec", destination / "promptus_codec", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     return destination
 
 
@@ -66,17 +67,31 @@ def fresh_venv(tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", f"{source}[onnx,media]"],
-        capture_output=True, text=True, timeout=600, env=_clean_env(), cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_clean_env(),
+        cwd=work,
     )
     if install.returncode != 0:
         output = install.stdout + install.stderr
         if NO_INDEX.search(output):
-            pytest.skip(f"pip cannot install '.[onnx,media]' here (no package index reachable): {output.strip()[-400:]}")
+            pytest.skip(
+                f"pip cannot install '.[onnx,media]' here (no package index reachable): {output.strip()[-400:]}"
+            )
         pytest.fail(f"pip install '.[onnx,media]' failed:\n{output[-3000:]}")
     probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u, promptus_codec as p; "
-         "print(p.__file__); print(u.find_spec('torch') is None, u.find_spec('tqdm') is not None)"],
-        capture_output=True, text=True, timeout=60, env=_clean_env(), cwd=work,
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u, promptus_codec as p; "
+            "print(p.__file__); print(u.find_spec('torch') is None, u.find_spec('tqdm') is not None)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+        cwd=work,
     )
     assert probe.returncode == 0, probe.stderr
     location, flags = probe.stdout.splitlines()
@@ -112,8 +127,14 @@ def test_readme_torch_free_decode_in_a_fresh_venv(fresh_venv, graph_dir, stream,
     env = _clean_env(PROMPTUS_ENGINE_DIR=str(graph_dir))
     promptus = str(fresh_venv / "promptus")
     out = tmp_path / "x.y4m"
-    shown = subprocess.run([promptus, "decode", str(stream), "-o", str(out), "--backend", "onnx"],
-                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    shown = subprocess.run(
+        [promptus, "decode", str(stream), "-o", str(out), "--backend", "onnx"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert shown.returncode == 0, shown.stderr
     frames = read_y4m(out)
     assert "with onnx-cpu" in shown.stdout  # the summary line: stdout unless the video goes there
@@ -121,8 +142,14 @@ def test_readme_torch_free_decode_in_a_fresh_venv(fresh_venv, graph_dir, stream,
     assert re.search(rf"decoding: 100%.*\b{len(frames)}/{len(frames)}\b", shown.stderr), shown.stderr
 
     quiet_dir = tmp_path / "frames"
-    quiet = subprocess.run([promptus, "decode", str(stream), "-o", str(quiet_dir), "--backend", "onnx", "--quiet"],
-                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    quiet = subprocess.run(
+        [promptus, "decode", str(stream), "-o", str(quiet_dir), "--backend", "onnx", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert quiet.returncode == 0, quiet.stderr
     assert "decoding:" not in quiet.stderr
     assert len(list(quiet_dir.glob("*.png"))) == len(frames)

@@ -35,14 +35,21 @@ def test_graph_key_names_everything():
     assert GraphKey.parse("sd-turbo-b10") is None and GraphKey.parse(key().stem + "-x") is None
 
 
-@pytest.mark.parametrize("change", [
-    dict(identity=replace(IDENTITY, denoiser_sha256=b"\x09" * 32)),
-    dict(identity=replace(IDENTITY, decoder_sha256=b"\x09" * 32)),
-    dict(identity=replace(IDENTITY, name="tiny")),
-    dict(constants=replace(CONSTANTS, latent_weight=0.1)),
-    dict(constants=replace(CONSTANTS, timestep=500)),
-    dict(batch=1), dict(width=256), dict(height=256), dict(opset=17), dict(precision="fp16"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(identity=replace(IDENTITY, denoiser_sha256=b"\x09" * 32)),
+        dict(identity=replace(IDENTITY, decoder_sha256=b"\x09" * 32)),
+        dict(identity=replace(IDENTITY, name="tiny")),
+        dict(constants=replace(CONSTANTS, latent_weight=0.1)),
+        dict(constants=replace(CONSTANTS, timestep=500)),
+        dict(batch=1),
+        dict(width=256),
+        dict(height=256),
+        dict(opset=17),
+        dict(precision="fp16"),
+    ],
+)
 def test_every_fact_changes_the_graph_key(change):
     assert key(**change).stem != key().stem
 
@@ -52,9 +59,14 @@ def test_what_the_graph_does_not_bake_in_keeps_its_key():
     assert key(identity=replace(IDENTITY, encoder_sha256=bytes(32))) == key()  # the encoder never decodes
 
 
-@pytest.mark.parametrize("change", [
-    dict(gpu_name="NVIDIA A100-SXM4-40GB"), dict(compute_capability="8.0"), dict(tensorrt_version="10.4.0"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(gpu_name="NVIDIA A100-SXM4-40GB"),
+        dict(compute_capability="8.0"),
+        dict(tensorrt_version="10.4.0"),
+    ],
+)
 def test_every_device_fact_changes_the_engine_key(change):
     assert TrtKey.create(key(), {**FACTS, **change}).stem != TrtKey.create(key(), FACTS).stem
 
@@ -126,16 +138,19 @@ def test_missing_or_broken_sidecar_rebuilds(tmp_path, sidecar_text):
     assert cached_build(path, {"key": "x"}, build) == (b"engine 1", True)
 
 
-@pytest.mark.parametrize("frames, batches, expected", [
-    (1, [10], [(1, 10)]),  # a scene's first frame, padded
-    (10, [10], [(10, 10)]),
-    (16, [10], [(10, 10), (6, 10)]),
-    (1, [1, 10], [(1, 1)]),
-    (3, [1, 10], [(1, 1)] * 3),
-    (6, [1, 10], [(6, 10)]),
-    (16, [1, 10], [(10, 10), (6, 10)]),
-    (0, [3], []),
-])
+@pytest.mark.parametrize(
+    "frames, batches, expected",
+    [
+        (1, [10], [(1, 10)]),  # a scene's first frame, padded
+        (10, [10], [(10, 10)]),
+        (16, [10], [(10, 10), (6, 10)]),
+        (1, [1, 10], [(1, 1)]),
+        (3, [1, 10], [(1, 1)] * 3),
+        (6, [1, 10], [(6, 10)]),
+        (16, [1, 10], [(10, 10), (6, 10)]),
+        (0, [3], []),
+    ],
+)
 def test_plan(frames, batches, expected):
     assert plan(frames, batches) == expected
 
@@ -147,7 +162,9 @@ def test_generate_padded_keeps_each_frame_of_its_own_prompt():
         calls.append(len(prompts))
         assert len(prompts) == batch
         values = prompts[:, 0, 0] + z_prev[0, 0, 0, 0] + noise[0, 0, 0, 0]
-        return values[:, None, None, None] * np.ones((1, 4, 2, 2)), values[:, None, None, None] * np.ones((1, 3, 16, 16))
+        return values[:, None, None, None] * np.ones((1, 4, 2, 2)), values[:, None, None, None] * np.ones(
+            (1, 3, 16, 16)
+        )
 
     prompts = np.arange(7, dtype=np.float32)[:, None, None] * np.ones((1, 77, 8), np.float32)
     z_prev, noise = np.zeros((1, 4, 2, 2), np.float32), np.full((1, 4, 2, 2), 0.5, np.float32)

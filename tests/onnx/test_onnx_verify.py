@@ -21,7 +21,19 @@ from promptus_codec.cli import main  # noqa: E402
 from onnx_case import SIZE  # noqa: E402
 from test_onnx_decode import run_torch_free  # noqa: E402
 
-FAST = ["--model", "tiny", "--perceptual", "none", "--preset", "draft", "--iterations", "2", "--first-iterations", "3", "-q"]
+FAST = [
+    "--model",
+    "tiny",
+    "--perceptual",
+    "none",
+    "--preset",
+    "draft",
+    "--iterations",
+    "2",
+    "--first-iterations",
+    "3",
+    "-q",
+]
 LINE = re.compile(r"verify: keyframe +(\d+)  thumbnail PSNR +([\d.]+) dB  \((identical|max (\d+) levels?)\)$")
 
 
@@ -33,15 +45,18 @@ def encoded(tmp_path_factory):
     clip, out = folder / "clip.y4m", folder / "o.prx"
     write_clip(clip, frames=20, size=SIZE)
     width, height = SIZE
-    result = CliRunner().invoke(main, ["encode", str(clip), "-o", str(out), "--rank", "2", "--interval", "6",
-                                       "--size", f"{width}x{height}", *FAST])
+    result = CliRunner().invoke(
+        main,
+        ["encode", str(clip), "-o", str(out), "--rank", "2", "--interval", "6", "--size", f"{width}x{height}", *FAST],
+    )
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_onnx_decode_verifies_against_the_torch_encoder(graph_dir, encoded, tmp_path):
-    done = run_torch_free("decode", encoded, "-o", tmp_path / "frames", "--backend", "onnx", "--verify",
-                          engine_dir=graph_dir)
+    done = run_torch_free(
+        "decode", encoded, "-o", tmp_path / "frames", "--backend", "onnx", "--verify", engine_dir=graph_dir
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "TORCH-FREE" in done.stdout and "with onnx-cpu" in done.stdout
     checks = [LINE.match(line) for line in done.stdout.splitlines() if line.startswith("verify: keyframe")]

@@ -33,9 +33,14 @@ pytestmark = pytest.mark.slow
 
 def _unet_prefixes() -> list[tuple[str, str]]:
     """(diffusers prefix, ldm prefix) for the SD 2.x UNet: 4 levels, 2 resnets down, 3 up."""
-    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
-             ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
-             ("mid_block.attentions.0.", "middle_block.1.")]
+    pairs = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+    ]
     pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
     for i in range(4):
         for j in range(2):
@@ -50,16 +55,24 @@ def _unet_prefixes() -> list[tuple[str, str]]:
     return pairs
 
 
-_UNET_RESNET = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
-                ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+_UNET_RESNET = [
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+]
 
 
 def _vae_prefixes() -> list[tuple[str, str]]:
     """(diffusers prefix, ldm prefix) for the SD VAE; the decoder's levels are numbered backwards."""
     pairs = []
     for coder in ("encoder", "decoder"):
-        pairs += [(f"{coder}.conv_norm_out.", f"{coder}.norm_out."),
-                  (f"{coder}.mid_block.attentions.0.", f"{coder}.mid.attn_1.")]
+        pairs += [
+            (f"{coder}.conv_norm_out.", f"{coder}.norm_out."),
+            (f"{coder}.mid_block.attentions.0.", f"{coder}.mid.attn_1."),
+        ]
         pairs += [(f"{coder}.mid_block.resnets.{j}.", f"{coder}.mid.block_{j + 1}.") for j in range(2)]
     for i in range(4):
         pairs += [(f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.") for j in range(2)]
@@ -70,7 +83,13 @@ def _vae_prefixes() -> list[tuple[str, str]]:
 
 
 _VAE_RESNET = [("conv_shortcut.", "nin_shortcut.")]
-_VAE_ATTENTION = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+_VAE_ATTENTION = [
+    ("group_norm.", "norm."),
+    ("to_q.", "q."),
+    ("to_k.", "k."),
+    ("to_v.", "v."),
+    ("to_out.0.", "proj_out."),
+]
 
 
 def _to_ldm(state: dict, prefixes, inner: dict[str, list[tuple[str, str]]]) -> dict:
@@ -79,18 +98,20 @@ def _to_ldm(state: dict, prefixes, inner: dict[str, list[tuple[str, str]]]) -> d
     for name, tensor in state.items():
         matches = [(hf, ldm) for hf, ldm in prefixes if name.startswith(hf)]
         hf, ldm = max(matches, key=lambda pair: len(pair[0])) if matches else ("", "")
-        rest = name[len(hf):]
+        rest = name[len(hf) :]
         for kind, parts in inner.items():
             if kind in hf:
                 for old, new in parts:
-                    rest = new + rest[len(old):] if rest.startswith(old) else rest
+                    rest = new + rest[len(old) :] if rest.startswith(old) else rest
         out[ldm + rest] = tensor
     return out
 
 
 def unet_to_ldm(state: dict) -> dict:
     """A diffusers UNet state dict under the names of the original SD 2.x checkpoint."""
-    return {f"model.diffusion_model.{k}": v for k, v in _to_ldm(state, _unet_prefixes(), {"resnets": _UNET_RESNET}).items()}
+    return {
+        f"model.diffusion_model.{k}": v for k, v in _to_ldm(state, _unet_prefixes(), {"resnets": _UNET_RESNET}).items()
+    }
 
 
 def vae_to_ldm(state: dict) -> dict:
@@ -114,8 +135,15 @@ def random_sd_turbo(tmp_path_factory):
     checkpoint = root / "checkpoints" / "sd_turbo.safetensors"
     checkpoint.parent.mkdir()
     save_file({**unet_to_ldm(unet.state_dict()), **vae_to_ldm(vae.state_dict())}, checkpoint)
-    cached_taesd = (root / "hf" / "hub" / "models--madebyollin--taesd" / "snapshots" / TAESD_REVISION
-                    / "diffusion_pytorch_model.safetensors")
+    cached_taesd = (
+        root
+        / "hf"
+        / "hub"
+        / "models--madebyollin--taesd"
+        / "snapshots"
+        / TAESD_REVISION
+        / "diffusion_pytorch_model.safetensors"
+    )
     cached_taesd.parent.mkdir(parents=True)
     save_file(taesd.state_dict(), cached_taesd)
     yield unet, vae, taesd, root

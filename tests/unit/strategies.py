@@ -271,8 +271,11 @@ def small_header(m: int = 3, n: int = 5, latent=(2, 3, 3), frame_count: int = 0,
         coded_width=48,
         coded_height=32,
         geometry=SourceGeometry(
-            source_width=96, source_height=60, fit_mode=FitMode.PAD,
-            source_rect=Rect(0, 0, 96, 60), coded_rect=Rect(0, 1, 48, 30),
+            source_width=96,
+            source_height=60,
+            fit_mode=FitMode.PAD,
+            source_rect=Rect(0, 0, 96, 60),
+            coded_rect=Rect(0, 1, 48, 30),
         ),
         frame_rate=Fraction(30000, 1001),
         frame_count=frame_count,
@@ -289,8 +292,15 @@ def small_header(m: int = 3, n: int = 5, latent=(2, 3, 3), frame_count: int = 0,
 def keyframe(header: FileHeader, frame_index: int, rank: int, rng: np.random.Generator) -> KeyframeRecord:
     m, n = header.prompt_shape
     return KeyframeRecord(
-        frame_index, rank, QuantScheme.AFFINE_INT8, 0.0125, -3.0, 0.5, 7.0,
-        rng.integers(-128, 128, (m, rank), dtype=np.int8), rng.integers(-128, 128, (rank, n), dtype=np.int8),
+        frame_index,
+        rank,
+        QuantScheme.AFFINE_INT8,
+        0.0125,
+        -3.0,
+        0.5,
+        7.0,
+        rng.integers(-128, 128, (m, rank), dtype=np.int8),
+        rng.integers(-128, 128, (rank, n), dtype=np.int8),
     )
 
 

@@ -82,7 +82,11 @@ def test_inspect_counts_recon_thumbnails(stream, tmp_path):
     runner = CliRunner()
     doc = json.loads(runner.invoke(main, ["inspect", str(with_thumbnails), "--json"]).output)
     assert doc["recon_thumbnails"] == {"count": 3, "sizes": [[16, 16]], "bytes": 3 * 274}
-    assert doc["bytes"]["overhead"] - json.loads(runner.invoke(main, ["inspect", str(stream), "--json"]).output)["bytes"]["overhead"] == 3 * 274
+    assert (
+        doc["bytes"]["overhead"]
+        - json.loads(runner.invoke(main, ["inspect", str(stream), "--json"]).output)["bytes"]["overhead"]
+        == 3 * 274
+    )
     text = runner.invoke(main, ["inspect", str(with_thumbnails)]).output
     assert f"thumbnails  3 ReconThumbnail (16x16 luma) 822 B = {822 * 8 / 0.7 / 1000:.2f} kb/s of the overhead" in text
     assert "thumbnails  none" in runner.invoke(main, ["inspect", str(stream)]).output
@@ -188,8 +192,12 @@ def test_shim_and_console_script_agree(stream):
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[2]
-    shim = subprocess.run([sys.executable, str(root / "cli.py"), "validate", str(stream)], capture_output=True, text=True)
-    real = subprocess.run([sys.executable, "-m", "promptus_codec.cli", "validate", str(stream)], capture_output=True, text=True)
+    shim = subprocess.run(
+        [sys.executable, str(root / "cli.py"), "validate", str(stream)], capture_output=True, text=True
+    )
+    real = subprocess.run(
+        [sys.executable, "-m", "promptus_codec.cli", "validate", str(stream)], capture_output=True, text=True
+    )
     assert shim.returncode == real.returncode == 0
     assert shim.stdout == real.stdout
 

@@ -22,13 +22,24 @@ def test_every_command_and_subcommand_has_help():
     for path, command in walk(main):
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
-        assert f"Usage: main {' '.join(path)}" in result.output or f"Usage: promptus {' '.join(path)}" in result.output, path
+        assert (
+            f"Usage: main {' '.join(path)}" in result.output or f"Usage: promptus {' '.join(path)}" in result.output
+        ), path
         summary = (command.help or "").split("\n")[0].strip()
         assert summary and " ".join(summary.split()[:4]) in " ".join(result.output.split()), path
         seen.append(" ".join(path))
     # the tree as it is: a command added or lost shows up here
-    assert {"engine export", "engine build", "encode", "decode", "inspect", "validate", "compare", "eval",
-            "import-legacy"} <= set(seen), seen
+    assert {
+        "engine export",
+        "engine build",
+        "encode",
+        "decode",
+        "inspect",
+        "validate",
+        "compare",
+        "eval",
+        "import-legacy",
+    } <= set(seen), seen
 
 
 def test_encode_help_shows_defaults_from_the_options_dataclass():
@@ -36,7 +47,11 @@ def test_encode_help_shows_defaults_from_the_options_dataclass():
     from promptus_codec.encoder.options import EncodeOptions, FitConfig
 
     text = " ".join(CliRunner().invoke(main, ["encode", "--help"]).output.split())
-    assert f"--min-rank INTEGER Rate control keeps at least this rank while shortening K. [default: {EncodeOptions.min_rank}]" in text
+    assert (
+        "--min-rank INTEGER Rate control keeps at least this rank while shortening K. "
+        f"[default: {EncodeOptions.min_rank}]"
+        in text
+    )
     assert f"[default: {EncodeOptions.preset}]" in text
     assert f"(default {FitConfig.alpha})" in text
     assert f"[default: {EncodeOptions.refresh_s}]" in text

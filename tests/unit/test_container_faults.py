@@ -60,7 +60,16 @@ from promptus_codec.errors import (
     UnsupportedVersionError,
 )
 
-from .strategies import canonical, keyframe, record_offsets, scene, sd_turbo_stream, small_header, small_stream, write_bytes
+from .strategies import (
+    canonical,
+    keyframe,
+    record_offsets,
+    scene,
+    sd_turbo_stream,
+    small_header,
+    small_stream,
+    write_bytes,
+)
 
 # ---------------------------------------------------------------------------
 # Streams and files
@@ -201,12 +210,16 @@ def test_short_reads_give_identical_results(small_files, sd_turbo_file):
         for cut in range(len(f.data) + 1):
             prefix = f.data[:cut]
             for strict in (False, True):
-                assert outcome(lambda: ChunkyStream(prefix, seed=cut), strict) == outcome(lambda: io.BytesIO(prefix), strict)
+                assert outcome(lambda: ChunkyStream(prefix, seed=cut), strict) == outcome(
+                    lambda: io.BytesIO(prefix), strict
+                )
     f = sd_turbo_file
     for cut in [*range(0, 300, 7), *f.offsets, *(o - 3 for o in f.offsets[1:]), len(f.data) - 1]:
         prefix = f.data[:cut]
         for strict in (False, True):
-            assert outcome(lambda: ChunkyStream(prefix, 4096, seed=cut), strict) == outcome(lambda: io.BytesIO(prefix), strict)
+            assert outcome(lambda: ChunkyStream(prefix, 4096, seed=cut), strict) == outcome(
+                lambda: io.BytesIO(prefix), strict
+            )
 
 
 def test_streaming_reader_stops_cleanly_and_reports_truncation(small_files):
@@ -359,7 +372,9 @@ def test_every_single_bit_flip_is_detected(small_files):
                 except expected:
                     pass
                 except Exception as exc:  # noqa: BLE001 - report which bit let what through
-                    pytest.fail(f"flip of byte {byte} bit {bit}: {type(exc).__name__}: {exc}, expected {expected.__name__}")
+                    pytest.fail(
+                        f"flip of byte {byte} bit {bit}: {type(exc).__name__}: {exc}, expected {expected.__name__}"
+                    )
                 else:
                     pytest.fail(f"flip of byte {byte} bit {bit} went unnoticed")
                 try:
@@ -377,7 +392,9 @@ def test_every_single_bit_flip_is_detected(small_files):
 MAX_PEAK = 3 << 20  # bytes
 
 
-def forge_header(header_length: int | None = None, major: int = 1, body_tail: bytes = b"", raw_name: bytes | None = None, **fields) -> bytes:
+def forge_header(
+    header_length: int | None = None, major: int = 1, body_tail: bytes = b"", raw_name: bytes | None = None, **fields
+) -> bytes:
     """A header with arbitrary field values and a correct CRC (the checks must not rely on the CRC).
 
     ``raw_name`` replaces the model_name field (u8 length and bytes) with raw bytes.
@@ -411,10 +428,16 @@ SCENE0 = codec.record_to_bytes(scene(small_header(), 0, LatentFormat.INT8, np.ra
 KEY0 = codec.record_to_bytes(keyframe(small_header(), 0, 2, np.random.default_rng(0)), small_header())
 
 HOSTILE = {
-    "latent 65535^3": (forge_header(latent_channels=65535, latent_height=65535, latent_width=65535), (LengthError, ForbiddenValueError)),
+    "latent 65535^3": (
+        forge_header(latent_channels=65535, latent_height=65535, latent_width=65535),
+        (LengthError, ForbiddenValueError),
+    ),
     "latent just over 4 Mi": (forge_header(latent_channels=4, latent_height=1024, latent_width=1025), LengthError),
     "prompt 65535x65535": (forge_header(prompt_tokens=65535, prompt_dim=65535), (ForbiddenValueError, LengthError)),
-    "coded 65535x65535": (forge_header(coded_width=65535, coded_height=65535, coded_rect=dict(x=0, y=0, width=65535, height=65535)), ForbiddenValueError),
+    "coded 65535x65535": (
+        forge_header(coded_width=65535, coded_height=65535, coded_rect=dict(x=0, y=0, width=65535, height=65535)),
+        ForbiddenValueError,
+    ),
     "header_length 0xFFFFFFFF": (forge_header(header_length=0xFFFFFFFF), LengthError),
     "header_length 4097": (forge_header(header_length=4097), LengthError),
     "header_length 164 (no model name)": (forge_header(header_length=164), LengthError),
@@ -437,7 +460,8 @@ HOSTILE = {
         LengthError,
     ),
     "tiny scene for a 4 Mi latent": (
-        forge_header(latent_channels=4, latent_height=1024, latent_width=1024) + forge_record(0x0001, bytes(4) + b"\x01" + bytes(4) + bytes(64)),
+        forge_header(latent_channels=4, latent_height=1024, latent_width=1024)
+        + forge_record(0x0001, bytes(4) + b"\x01" + bytes(4) + bytes(64)),
         LengthError,
     ),
 }
@@ -509,41 +533,70 @@ FORBIDDEN_IN_FILE = {
         RecordOrderError,
     ),
     "rank above min(m, n)": (
-        with_records(SCENE0, forge_record(0x0002, bytes(4) + b"\x04\x00\x01" + np.array([1, 0, 1, 0], "<f4").tobytes() + bytes(32))),
+        with_records(
+            SCENE0,
+            forge_record(0x0002, bytes(4) + b"\x04\x00\x01" + np.array([1, 0, 1, 0], "<f4").tobytes() + bytes(32)),
+        ),
         ForbiddenValueError,
     ),
-    "rank 0": (with_records(SCENE0, forge_record(0x0002, bytes(4) + b"\x00\x00\x01" + np.array([1, 0, 1, 0], "<f4").tobytes())), ForbiddenValueError),
+    "rank 0": (
+        with_records(
+            SCENE0, forge_record(0x0002, bytes(4) + b"\x00\x00\x01" + np.array([1, 0, 1, 0], "<f4").tobytes())
+        ),
+        ForbiddenValueError,
+    ),
     "zero point 0.5": (
-        with_records(SCENE0, forge_record(0x0002, bytes(4) + b"\x01\x00\x01" + np.array([1, 0.5, 1, 0], "<f4").tobytes() + bytes(8))),
+        with_records(
+            SCENE0,
+            forge_record(0x0002, bytes(4) + b"\x01\x00\x01" + np.array([1, 0.5, 1, 0], "<f4").tobytes() + bytes(8)),
+        ),
         ForbiddenValueError,
     ),
     "u_scale -inf": (
-        with_records(SCENE0, forge_record(0x0002, bytes(4) + b"\x01\x00\x01" + np.array([-np.inf, 0, 1, 0], "<f4").tobytes() + bytes(8))),
+        with_records(
+            SCENE0,
+            forge_record(0x0002, bytes(4) + b"\x01\x00\x01" + np.array([-np.inf, 0, 1, 0], "<f4").tobytes() + bytes(8)),
+        ),
         ForbiddenValueError,
     ),
     "unknown quant scheme": (
-        with_records(SCENE0, forge_record(0x0002, bytes(4) + b"\x01\x00\x07" + np.array([1, 0, 1, 0], "<f4").tobytes() + bytes(8))),
+        with_records(
+            SCENE0,
+            forge_record(0x0002, bytes(4) + b"\x01\x00\x07" + np.array([1, 0, 1, 0], "<f4").tobytes() + bytes(8)),
+        ),
         ForbiddenValueError,
     ),
     "float latent NaN": (
-        with_records(forge_record(0x0001, bytes(4) + b"\x01" + np.float32(1).tobytes() + np.full(18, np.nan, "<f4").tobytes())),
+        with_records(
+            forge_record(0x0001, bytes(4) + b"\x01" + np.float32(1).tobytes() + np.full(18, np.nan, "<f4").tobytes())
+        ),
         ForbiddenValueError,
     ),
     "float latent with scale 2": (
-        with_records(forge_record(0x0001, bytes(4) + b"\x01" + np.float32(2).tobytes() + np.zeros(18, "<f4").tobytes())),
+        with_records(
+            forge_record(0x0001, bytes(4) + b"\x01" + np.float32(2).tobytes() + np.zeros(18, "<f4").tobytes())
+        ),
         ForbiddenValueError,
     ),
     "int8 latent with scale 0": (
         with_records(forge_record(0x0001, bytes(4) + b"\x03" + np.float32(0).tobytes() + bytes(18))),
         ForbiddenValueError,
     ),
-    "unknown latent format": (with_records(forge_record(0x0001, bytes(4) + b"\x09" + bytes(4) + bytes(18))), ForbiddenValueError),
+    "unknown latent format": (
+        with_records(forge_record(0x0001, bytes(4) + b"\x09" + bytes(4) + bytes(18))),
+        ForbiddenValueError,
+    ),
     "End payload short": (with_records(SCENE0, KEY0, forge_record(0x0003, bytes(19))), LengthError),
     "settings not JSON": (with_records(forge_record(0x8001, b"\xff{")), ForbiddenValueError),
     "settings a JSON list": (with_records(forge_record(0x8001, b"[1, 2]")), ForbiddenValueError),
-    "thumbnail 0x4": (with_records(SCENE0, KEY0, forge_record(0x8005, bytes(4) + b"\x00\x00\x04\x00")), ForbiddenValueError),
+    "thumbnail 0x4": (
+        with_records(SCENE0, KEY0, forge_record(0x8005, bytes(4) + b"\x00\x00\x04\x00")),
+        ForbiddenValueError,
+    ),
     "thumbnail wider than the frame": (
-        with_records(SCENE0, KEY0, forge_record(0x8005, bytes(4) + (49).to_bytes(2, "little") + b"\x01\x00" + bytes(49))),
+        with_records(
+            SCENE0, KEY0, forge_record(0x8005, bytes(4) + (49).to_bytes(2, "little") + b"\x01\x00" + bytes(49))
+        ),
         ForbiddenValueError,
     ),
     "thumbnail before its keyframe": (
@@ -617,13 +670,19 @@ BAD_RECORDS = {
     "scene leaving a gap": ([GOOD_SCENE, GOOD_KEY, sc(first_frame=2)], RecordOrderError),
     "scene overlapping": ([GOOD_SCENE, GOOD_KEY, kf(frame_index=4), sc(first_frame=4)], RecordOrderError),
     "End with wrong totals": ([GOOD_SCENE, GOOD_KEY, EndRecord(5, 1, 1)], RecordOrderError),
-    "record after End": ([GOOD_SCENE, GOOD_KEY, EndRecord(1, 1, 1), UnknownAncillaryRecord(0x9000, b"")], RecordOrderError),
+    "record after End": (
+        [GOOD_SCENE, GOOD_KEY, EndRecord(1, 1, 1), UnknownAncillaryRecord(0x9000, b"")],
+        RecordOrderError,
+    ),
     "SeekIndex not matching": ([GOOD_SCENE, GOOD_KEY, SeekIndexRecord((SeekEntry(0, 0),))], RecordOrderError),
     "no records at all": ([], RecordOrderError),
     "only a scene": ([GOOD_SCENE], RecordOrderError),
     # keyframe values (§7)
     "rank 0": ([GOOD_SCENE, kf(rank=0, u=np.zeros((3, 0), np.int8), v=np.zeros((0, 5), np.int8))], ForbiddenValueError),
-    "rank above min(m, n)": ([GOOD_SCENE, kf(rank=4, u=np.zeros((3, 4), np.int8), v=np.zeros((4, 5), np.int8))], ForbiddenValueError),
+    "rank above min(m, n)": (
+        [GOOD_SCENE, kf(rank=4, u=np.zeros((3, 4), np.int8), v=np.zeros((4, 5), np.int8))],
+        ForbiddenValueError,
+    ),
     "rank disagrees with u": ([GOOD_SCENE, kf(rank=1)], ForbiddenValueError),
     "u transposed": ([GOOD_SCENE, kf(u=np.zeros((2, 3), np.int8))], ForbiddenValueError),
     "v of the wrong width": ([GOOD_SCENE, kf(v=np.zeros((2, 6), np.int8))], ForbiddenValueError),
@@ -641,22 +700,46 @@ BAD_RECORDS = {
     "latent missing its channel axis": ([sc(latent=np.zeros((3, 3), np.int8))], ForbiddenValueError),
     "int8 latent scale 0": ([sc(latent_scale=0.0)], ForbiddenValueError),
     "int8 latent scale NaN": ([sc(latent_scale=float("nan"))], ForbiddenValueError),
-    "float latent scale 0.5": ([SceneRecord(0, LatentFormat.FLOAT16, 0.5, np.zeros((2, 3, 3), np.float16))], ForbiddenValueError),
-    "float latent holding NaN": ([SceneRecord(0, LatentFormat.FLOAT32, 1.0, np.full((2, 3, 3), np.nan, np.float32))], ForbiddenValueError),
-    "float latent holding inf": ([SceneRecord(0, LatentFormat.FLOAT16, 1.0, np.full((2, 3, 3), np.inf, np.float16))], ForbiddenValueError),
+    "float latent scale 0.5": (
+        [SceneRecord(0, LatentFormat.FLOAT16, 0.5, np.zeros((2, 3, 3), np.float16))],
+        ForbiddenValueError,
+    ),
+    "float latent holding NaN": (
+        [SceneRecord(0, LatentFormat.FLOAT32, 1.0, np.full((2, 3, 3), np.nan, np.float32))],
+        ForbiddenValueError,
+    ),
+    "float latent holding inf": (
+        [SceneRecord(0, LatentFormat.FLOAT16, 1.0, np.full((2, 3, 3), np.inf, np.float16))],
+        ForbiddenValueError,
+    ),
     # ancillary records that cannot be framed
     "quality lists of unequal length": ([QualityRecord(0, (1.0,), ())], LengthError),
     "unknown record with a 17-bit type": ([UnknownAncillaryRecord(0x18000, b"")], FormatError),
     # ReconThumbnail (§6.8, §5.1 O12 O13)
-    "thumbnail before any keyframe": ([GOOD_SCENE, ReconThumbnailRecord(0, np.zeros((16, 16), np.uint8))], RecordOrderError),
+    "thumbnail before any keyframe": (
+        [GOOD_SCENE, ReconThumbnailRecord(0, np.zeros((16, 16), np.uint8))],
+        RecordOrderError,
+    ),
     "thumbnail of an older keyframe": (
         [GOOD_SCENE, GOOD_KEY, kf(frame_index=3), ReconThumbnailRecord(0, np.zeros((16, 16), np.uint8))],
         RecordOrderError,
     ),
-    "second thumbnail of a keyframe": ([GOOD_SCENE, GOOD_KEY, *[ReconThumbnailRecord(0, np.zeros((4, 4), np.uint8))] * 2], RecordOrderError),
-    "thumbnail empty": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((0, 16), np.uint8))], ForbiddenValueError),
-    "thumbnail wider than the frame": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((16, 49), np.uint8))], ForbiddenValueError),
-    "thumbnail of int8": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((16, 16), np.int8))], ForbiddenValueError),
+    "second thumbnail of a keyframe": (
+        [GOOD_SCENE, GOOD_KEY, *[ReconThumbnailRecord(0, np.zeros((4, 4), np.uint8))] * 2],
+        RecordOrderError,
+    ),
+    "thumbnail empty": (
+        [GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((0, 16), np.uint8))],
+        ForbiddenValueError,
+    ),
+    "thumbnail wider than the frame": (
+        [GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((16, 49), np.uint8))],
+        ForbiddenValueError,
+    ),
+    "thumbnail of int8": (
+        [GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros((16, 16), np.int8))],
+        ForbiddenValueError,
+    ),
     "thumbnail flat": ([GOOD_SCENE, GOOD_KEY, ReconThumbnailRecord(0, np.zeros(256, np.uint8))], ForbiddenValueError),
     "unknown record over 16 MiB": ([UnknownAncillaryRecord(0x9000, bytes(schema.MAX_RECORD_LENGTH + 1))], LengthError),
 }
@@ -672,7 +755,10 @@ BAD_HEADERS = {
         _header(coded_width=16385, geometry=replace(H.geometry, coded_rect=Rect(0, 0, 16385, 30))),
         ForbiddenValueError,
     ),
-    "coded_rect outside the frame": (_header(geometry=replace(H.geometry, coded_rect=Rect(1, 0, 48, 32))), ForbiddenValueError),
+    "coded_rect outside the frame": (
+        _header(geometry=replace(H.geometry, coded_rect=Rect(1, 0, 48, 32))),
+        ForbiddenValueError,
+    ),
     "source_rect empty": (_header(geometry=replace(H.geometry, source_rect=Rect(0, 0, 0, 60))), ForbiddenValueError),
     "source size 0": (_header(geometry=SourceGeometry.identity(0, 0)), ForbiddenValueError),
     "frame rate 0": (_header(frame_rate=0), ForbiddenValueError),
@@ -729,7 +815,14 @@ def test_write_prx_keeps_an_existing_file_on_failure(tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [kf(rank=0), kf(u_scale=0.0), kf(frame_index=0), sc(first_frame=7), kf(u=np.zeros((5, 3), np.int8)), EndRecord(9, 9, 9)],
+    [
+        kf(rank=0),
+        kf(u_scale=0.0),
+        kf(frame_index=0),
+        sc(first_frame=7),
+        kf(u=np.zeros((5, 3), np.int8)),
+        EndRecord(9, 9, 9),
+    ],
     ids=["rank-0", "scale-0", "repeated-keyframe", "scene-gap", "bad-shape", "bad-end"],
 )
 def test_refused_record_appends_nothing_and_writer_goes_on(bad):
@@ -744,7 +837,13 @@ def test_refused_record_appends_nothing_and_writer_goes_on(bad):
     writer.write(kf(frame_index=3))
     writer.finish()
     f = read_prx(io.BytesIO(buf.getvalue()))
-    assert [type(r).__name__ for r in f.records] == ["SceneRecord", "KeyframeRecord", "KeyframeRecord", "SeekIndexRecord", "EndRecord"]
+    assert [type(r).__name__ for r in f.records] == [
+        "SceneRecord",
+        "KeyframeRecord",
+        "KeyframeRecord",
+        "SeekIndexRecord",
+        "EndRecord",
+    ]
 
 
 # Writer bugs: each of these would make the writer produce a file that read_prx refuses, or
@@ -802,7 +901,9 @@ def test_writer_refuses_values_that_do_not_fit_int8(record):
     assert buf.getvalue() == before  # nothing of the refused record was written
 
 
-@pytest.mark.parametrize("settings", [{"q": float("nan")}, {"q": {1, 2}}, {"q": object()}], ids=["nan", "set", "object"])
+@pytest.mark.parametrize(
+    "settings", [{"q": float("nan")}, {"q": {1, 2}}, {"q": object()}], ids=["nan", "set", "object"]
+)
 def test_writer_refuses_settings_that_are_not_json_with_a_prx_error(tmp_path, settings):
     target = tmp_path / "clip.prx"
     with pytest.raises(PrxError):

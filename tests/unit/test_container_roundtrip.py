@@ -69,12 +69,19 @@ def test_header_preamble_both_ways():
 
 
 def test_record_prefix_and_crc_both_ways():
-    common(schema.record_prefix, b"\x02\x80\x10\x00\x00\x00", dict(record_type=0x8002, record_length=16), schema.RECORD_PREFIX_SIZE)
+    common(
+        schema.record_prefix,
+        b"\x02\x80\x10\x00\x00\x00",
+        dict(record_type=0x8002, record_length=16),
+        schema.RECORD_PREFIX_SIZE,
+    )
     common(schema.crc32_field, b"\x78\x56\x34\x12", dict(crc32=0x12345678), schema.RECORD_CRC_SIZE)
 
 
 def test_end_payload_both_ways():
-    data = (9).to_bytes(4, "little") + (2).to_bytes(4, "little") + (5).to_bytes(4, "little") + (1234).to_bytes(8, "little")
+    data = (
+        (9).to_bytes(4, "little") + (2).to_bytes(4, "little") + (5).to_bytes(4, "little") + (1234).to_bytes(8, "little")
+    )
     common(
         schema.end_payload,
         data,
@@ -96,10 +103,14 @@ def test_keyframe_payload_both_ways():
     m, n, r = 3, 5, 2
     u, v = bytes(range(m * r)), bytes(range(100, 100 + r * n))
     fixed = (
-        (4).to_bytes(4, "little") + (r).to_bytes(2, "little") + b"\x01"
+        (4).to_bytes(4, "little")
+        + (r).to_bytes(2, "little")
+        + b"\x01"
         + np.array([0.5, -3.0, 0.25, 7.0], "<f4").tobytes()
     )
-    obj = dict(frame_index=4, rank=r, quant_scheme=1, u_scale=0.5, u_zero_point=-3.0, v_scale=0.25, v_zero_point=7.0, u=u, v=v)
+    obj = dict(
+        frame_index=4, rank=r, quant_scheme=1, u_scale=0.5, u_zero_point=-3.0, v_scale=0.25, v_zero_point=7.0, u=u, v=v
+    )
     common(schema.keyframe_payload, fixed + u + v, obj, prompt_tokens=m, prompt_dim=n)
     assert len(fixed) == schema.fixed_size(RecordType.KEYFRAME) == 23
     assert len(fixed + u + v) == schema.payload_size(RecordType.KEYFRAME, rank=r, prompt_tokens=m, prompt_dim=n)
@@ -181,7 +192,10 @@ def check_round_trip(stream, data: bytes, seek_index: bool, end: EndRecord) -> N
             writer.write(r)
     assert writer.finish(seek_index) == expected_end
     assert again.getvalue() == data
-    assert codec.header_to_bytes(parsed.header) + b"".join(codec.record_to_bytes(r, parsed.header) for r in parsed.records) == data
+    assert (
+        codec.header_to_bytes(parsed.header) + b"".join(codec.record_to_bytes(r, parsed.header) for r in parsed.records)
+        == data
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -192,7 +206,9 @@ def test_round_trip(stream, seek_index, via_path):
             path = Path(folder) / "clip.prx"
             end = write_prx(path, stream.header, stream.records, seek_index=seek_index)
             data = path.read_bytes()
-            assert [canonical(r) for r in read_prx(path).records] == [canonical(r) for r in read_prx(io.BytesIO(data)).records]
+            assert [canonical(r) for r in read_prx(path).records] == [
+                canonical(r) for r in read_prx(io.BytesIO(data)).records
+            ]
             assert sorted(p.name for p in Path(folder).iterdir()) == ["clip.prx"]
     else:
         buf = io.BytesIO()

@@ -21,7 +21,9 @@ from promptus_codec.prompt import Factors, compose, dequantize, interpolate, int
 from tolerances import dot_bound, gamma  # tests/ is on sys.path (rootdir conftest)
 
 F32 = np.float32
-REFERENCE_PROMPTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "reference-prompts" / "sky_rank8_interval10"
+REFERENCE_PROMPTS = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "reference-prompts" / "sky_rank8_interval10"
+)
 
 scales = st.floats(float(np.finfo(np.float32).smallest_subnormal), float(F32(1e30)), width=32)
 zero_points = st.integers(-128, 127).map(float)
@@ -266,7 +268,10 @@ def test_torch_matches_numpy():
     for zp in range(0, 256, 17):
         legacy = dequantize(q_u8, 0.0191, float(zp)).numpy()
         assert legacy.tobytes() == dequantize(q_u8.numpy(), 0.0191, float(zp)).tobytes()
-        assert legacy.tobytes() == dequantize((q_u8.to(torch.int16) - 128).to(torch.int8), 0.0191, float(zp - 128)).numpy().tobytes()
+        assert (
+            legacy.tobytes()
+            == dequantize((q_u8.to(torch.int16) - 128).to(torch.int8), 0.0191, float(zp - 128)).numpy().tobytes()
+        )
 
     for ranks in ((8, 8), (8, 4)):
         prev, nxt = factors(0, 77, 1024, ranks[0], 1), factors(10, 77, 1024, ranks[1], 2)
@@ -294,7 +299,9 @@ def test_reference_prompts_torch_and_numpy_agree():
         v = dequantize(d["V"], float(d["V_scale"]), float(d["V_zero_point"]))
         # the int8 mapping the format stores gives the same values
         u8 = (d["U"].to(torch.int16) - 128).to(torch.int8)
-        assert dequantize(u8, float(d["U_scale"]), float(d["U_zero_point"]) - 128).numpy().tobytes() == u.numpy().tobytes()
+        assert (
+            dequantize(u8, float(d["U_scale"]), float(d["U_zero_point"]) - 128).numpy().tobytes() == u.numpy().tobytes()
+        )
         keyframes.append((Factors(10 * i, u, v), Factors(10 * i, u.numpy(), v.numpy())))
     (tprev, prev), (tnxt, nxt) = keyframes[:2]
     us = torch.stack([(1 - s / 10) * tprev.u + (s / 10) * tnxt.u for s in range(1, 11)])  # (10, 77, 8)

@@ -54,7 +54,17 @@ def write_planned_stream(path, layout: StreamLayout, plan, settings: dict, thumb
         for offset in keyframe_offsets(length, plan.interval):
             frame, r = start + offset, next(ranks)
             records.append(
-                KeyframeRecord(frame, r, QuantScheme.AFFINE_INT8, 1.0, 0.0, 1.0, 0.0, np.zeros((m, r), np.int8), np.zeros((r, n), np.int8))
+                KeyframeRecord(
+                    frame,
+                    r,
+                    QuantScheme.AFFINE_INT8,
+                    1.0,
+                    0.0,
+                    1.0,
+                    0.0,
+                    np.zeros((m, r), np.int8),
+                    np.zeros((r, n), np.int8),
+                )
             )
             if thumbnail:
                 records.append(ReconThumbnailRecord(frame, np.full(thumbnail[::-1], 128, np.uint8)))
@@ -73,8 +83,13 @@ SETTINGS_BYTES = len(b'{"alpha":0.8,"preset":"fast"}')
 
 @pytest.mark.parametrize(
     "scenes, fps, target",
-    [((60,), Fraction(30), 100.0), ((60,), Fraction(30), 225.0), ((141,), Fraction(30), 225.0),
-     ((40, 25, 90), Fraction(30000, 1001), 550.0), ((48,), Fraction(24), 1000.0)],
+    [
+        ((60,), Fraction(30), 100.0),
+        ((60,), Fraction(30), 225.0),
+        ((141,), Fraction(30), 225.0),
+        ((40, 25, 90), Fraction(30000, 1001), 550.0),
+        ((48,), Fraction(24), 1000.0),
+    ],
 )
 def test_planned_size_is_the_written_size_and_hits_target(tmp_path, scenes, fps, target):
     layout = StreamLayout(scenes, fps, latent_shape=(4, 16, 16), model_name="tiny", settings_bytes=SETTINGS_BYTES)
@@ -131,8 +146,14 @@ def test_float32_latents_cost_twice_float16():
 def test_recon_thumbnails_are_counted(tmp_path, target):
     """One 16x16 ReconThumbnail per keyframe (18 + 256 bytes each, spec §11) still hits the target to the byte."""
     payload = codec.recon_thumbnail_payload_size(16, 16)
-    layout = StreamLayout((60, 31), Fraction(30), latent_shape=(4, 16, 16), model_name="tiny",
-                          settings_bytes=SETTINGS_BYTES, thumbnail_payload=payload)
+    layout = StreamLayout(
+        (60, 31),
+        Fraction(30),
+        latent_shape=(4, 16, 16),
+        model_name="tiny",
+        settings_bytes=SETTINGS_BYTES,
+        thumbnail_payload=payload,
+    )
     plan = plan_rate(layout, target)
     path = tmp_path / "s.prx"
     write_planned_stream(path, layout, plan, SETTINGS, thumbnail=(16, 16))
@@ -140,4 +161,6 @@ def test_recon_thumbnails_are_counted(tmp_path, target):
     assert abs(plan.total_bytes * 8 / float(layout.duration_s) / 1000 - target) / target < 0.01
     bare = replace(layout, thumbnail_payload=0)
     count = len(plan.keyframes)
-    assert stream_bytes(layout, plan.interval, plan.ranks) - stream_bytes(bare, plan.interval, plan.ranks) == count * 274
+    assert (
+        stream_bytes(layout, plan.interval, plan.ranks) - stream_bytes(bare, plan.interval, plan.ranks) == count * 274
+    )

@@ -23,8 +23,10 @@ def spec_thumbnail(frame: np.ndarray, width: int, height: int) -> list[list[int]
     k_g = (1 - k_r) - k_b
     rows, cols = frame.shape[:2]
     luma = [
-        [min(255, max(0, math.floor(16 + ((k_r * int(r) + k_g * int(g)) + k_b * int(b)) * (219 / 255) + 0.5)))
-         for r, g, b in row]
+        [
+            min(255, max(0, math.floor(16 + ((k_r * int(r) + k_g * int(g)) + k_b * int(b)) * (219 / 255) + 0.5)))
+            for r, g, b in row
+        ]
         for row in frame
     ]
     out = []
@@ -40,8 +42,10 @@ def spec_thumbnail(frame: np.ndarray, width: int, height: int) -> list[list[int]
     return out
 
 
-@pytest.mark.parametrize("size, thumb", [((64, 64), (16, 16)), ((96, 40), (16, 16)), ((37, 23), (5, 3)),
-                                         ((16, 16), (16, 16)), ((9, 7), (1, 1))])
+@pytest.mark.parametrize(
+    "size, thumb",
+    [((64, 64), (16, 16)), ((96, 40), (16, 16)), ((37, 23), (5, 3)), ((16, 16), (16, 16)), ((9, 7), (1, 1))],
+)
 def test_thumbnail_is_the_spec_computation(size, thumb):
     rng = np.random.default_rng(sum(size))
     frame = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -64,7 +68,9 @@ def test_thumbnail_rounds_half_up_and_keeps_flat_frames_flat():
     assert luma_thumbnail(frame, 1, 1).tolist() == [[16]]
     frame[0, 1] = 1  # mean 16.5 -> 17 (half up)
     assert luma_thumbnail(frame, 1, 1).tolist() == [[17]]
-    assert (luma_thumbnail(np.full((64, 48, 3), 200, np.uint8)) == luma_thumbnail(np.full((1, 1, 3), 200, np.uint8), 1, 1)).all()
+    assert (
+        luma_thumbnail(np.full((64, 48, 3), 200, np.uint8)) == luma_thumbnail(np.full((1, 1, 3), 200, np.uint8), 1, 1)
+    ).all()
 
 
 def test_thumbnail_refuses_a_grid_finer_than_the_frame():
@@ -82,7 +88,9 @@ def test_compare_thumbnails():
 
 
 def _keyframe(index: int) -> KeyframeRecord:
-    return KeyframeRecord(index, 1, QuantScheme.AFFINE_INT8, 1.0, 0.0, 1.0, 0.0, np.zeros((2, 1), np.int8), np.zeros((1, 3), np.int8))
+    return KeyframeRecord(
+        index, 1, QuantScheme.AFFINE_INT8, 1.0, 0.0, 1.0, 0.0, np.zeros((2, 1), np.int8), np.zeros((1, 3), np.int8)
+    )
 
 
 def _feed(verifier: Verifier, frames: dict[int, np.ndarray], stored: dict[int, np.ndarray]) -> None:
@@ -126,5 +134,7 @@ def test_verifier_without_thumbnails_says_so():
 
 
 def test_verify_modules_do_not_import_torch():
-    code = "import sys, promptus_codec.decoder.verify, promptus_codec.metrics.thumbnail; sys.exit('torch' in sys.modules)"
+    code = (
+        "import sys, promptus_codec.decoder.verify, promptus_codec.metrics.thumbnail; sys.exit('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
