@@ -14,8 +14,9 @@ longer run), then its stored factors are decoded and scored:
 A "UNet pass" is one frame through the generator forward and backward: the reference's
 procedure spends K + 2 an iteration on a later keyframe (one Adam step each), ours K + 1 in
 one batched step; both spend 1 on a first keyframe. "+amortized" starts from the model's
-prompt encoder (mini only). The perceptual terms need backbone weights this machine does
-not have, so every preset runs with --perceptual none: alpha still weighs the MSE.
+prompt encoder (mini only), "+warm" from the previous keyframe's factors (later only). The
+perceptual terms need backbone weights this machine does not have, so every preset runs
+with --perceptual none: alpha still weighs the MSE.
 Prints one row per (preset, budget) and writes JSON and a plot if asked.
 """
 
@@ -142,7 +143,7 @@ def main() -> int:
                 index, targets, z_prev, prev = 0, frames[:1], scene_latent(base.scene_latent), None
             else:
                 index, targets, z_prev, prev = args.interval, frames[1:], z_prev_later, previous
-            start = amortized(index) if init == "amortized" else None
+            start = amortized(index) if init == "amortized" else prev if init == "warm" else None
             task = FitTask(frames_to_tensor(targets, "cpu"), z_prev, noise, index, args.rank, prev, start)
             step.passes = 0
             started = time.perf_counter()
