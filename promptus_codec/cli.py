@@ -191,8 +191,44 @@ def import_legacy(folder, output, fps, model_name):
     show_default=True,
     help="Storage of the scene latents.",
 )
-@click.option("--resume", is_flag=True, help="Continue an interrupted encode from OUTPUT.partial.")
-@click.option("--recon", default=None, help="Also write the encoder's own reconstruction (y4m, mp4 or PNG folder).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted encode from OUTPUT.work (its plan and finished chunks); refuses another "
+    "input, model or settings.",
+)
+@click.option(
+    "--recon", default=None, help="Also write the decoded stream, as `promptus decode` would (y4m, mp4 or PNG folder)."
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Fit this many scenes at once on a local Ray that the encode starts and stops (1 = in this process, "
+    "no Ray). Same bytes whatever the number. Needs pip install 'promptus-codec[distributed]'.",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    default=None,
+    help="Fit on this running Ray cluster instead (also RAY_ADDRESS); --workers then caps the chunks in flight.",
+)
+@click.option(
+    "--max-tries",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Fit a failed chunk (an error, or a worker that died) at most this many times in all.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="torch threads per chunk. Part of the settings: the thread count changes float results, "
+    "so every worker and a resume use the plan's.",
+)
 @click.option(
     "--verify-record/--no-verify-record",
     default=EncodeOptions.verify_record,
@@ -230,6 +266,10 @@ def encode(
     latent_format,
     resume,
     recon,
+    workers,
+    ray_address,
+    max_tries,
+    threads,
     verify_record,
     device,
     dtype,
@@ -278,6 +318,10 @@ def encode(
         quiet=quiet,
         resume=resume,
         recon=recon,
+        workers=workers,
+        ray_address=ray_address,
+        max_tries=max_tries,
+        threads=threads,
     )
 
 

@@ -3,18 +3,20 @@
     pass 1  video --media--> coded frames --CutDetector (pixels, or latents)--> scenes
             scene starts --model.encode_image--> scene latents
             scenes + shapes --ratecontrol.plan_rate--> interval K, rank per keyframe
-    pass 2  for each keyframe k (frames streamed again, one interval held at a time):
-              fit U, V through generate.GenerationStep (encoder/fit.py)
-              write the Keyframe record  ──>  OUT.prx.partial
-              decode it exactly as a decoder will (decoder.driver.decode_interval)
-              ├─> ReconThumbnail record (luma fingerprint of the keyframe, for decode --verify)
-              ├─> Quality record (PSNR of the encoder's own reconstruction)
-              └─> z_prev for the next interval (closed loop)
-            Padding, SeekIndex, End; rename OUT.prx.partial -> OUT.prx
+            --chunks.build_plan--> OUT.work/plan.json: one chunk per scene, its ranks and byte budget
+    pass 2  for each chunk not yet done (in this process, or on Ray workers: encoder/distributed.py):
+              for each keyframe k of the chunk:
+                fit U, V through generate.GenerationStep (encoder/fit.py)
+                keep the Keyframe record, decode it exactly as a decoder will (decoder.driver.ClosedLoop)
+                ├─> ReconThumbnail record (luma fingerprint of the keyframe, for decode --verify)
+                ├─> Quality record (PSNR of the encoder's own reconstruction)
+                └─> z_prev for the next interval (closed loop)
+              the chunk's records ──> OUT.work/chunk-*.prx (content-addressed, renamed into place)
+    merge   header, EncoderSettings, the chunks in order, Padding, SeekIndex, End ──> OUT.prx (renamed)
 
-Everything the encoder does is deterministic (seeded per keyframe), so ``resume`` can
-rebuild its state from the records already written and finish with the very bytes an
-uninterrupted run writes.
+Everything the encoder does is deterministic (seeded per keyframe, each chunk starting from its
+scene latent, under the plan's torch thread count), so a chunk fitted anywhere, or again after a
+crash, gives the same bytes, and ``--resume`` only fits the chunks that are missing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -34,34 +36,30 @@ import numpy as np
 import torch
 
 from promptus_codec.container.codec import recon_thumbnail_payload_size
-from promptus_codec.container.order import DecodeOrder
 from promptus_codec.container.reader import PrxReader
 from promptus_codec.container.records import (
     EncoderSettingsRecord,
     FileHeader,
     KeyframeRecord,
     LatentFormat,
-    PaddingRecord,
     QualityRecord,
     QuantScheme,
     ReconThumbnailRecord,
     SceneRecord,
     SourceGeometry,
 )
-from promptus_codec.container.writer import PrxWriter
 from promptus_codec.decoder.driver import ClosedLoop, Interval, stream_noise
 from promptus_codec.decoder.torch_runtime import TorchRuntime
+from promptus_codec.encoder.chunks import Chunk, ChunkPlan, WorkDir, build_plan, chunk_bytes, input_sha256, merge
 from promptus_codec.encoder.fit import FitResult, FitTask, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.options import INITS, EncodeOptions
 from promptus_codec.encoder.scenes import CutDetector, SceneStart, scene_lengths, scene_starts
-from promptus_codec.errors import MediaError, PrxError, TruncatedError
+from promptus_codec.errors import MediaError, PrxError
 from promptus_codec.metrics.quality import psnr as psnr_db
 from promptus_codec.metrics.thumbnail import luma_thumbnail, thumbnail_shape
 from promptus_codec.models.base import GenerationModel
 from promptus_codec.prompt import Factors
-from promptus_codec.ratecontrol import FRAMING, RatePlan, StreamLayout, plan_rate, tail_bytes
-
-PARTIAL_SUFFIX = ".partial"
+from promptus_codec.ratecontrol import RatePlan, StreamLayout, plan_rate
 
 
 @dataclass
@@ -224,28 +222,30 @@ def perceptual_loss(kind: str, device) -> PerceptualLoss:
     return PerceptualLoss(build(random_backbone=kind.endswith("-random")).to(device))
 
 
-@dataclass
-class Progress:
-    """How far an encode has come, as on_keyframe hears it."""
-
-    keyframes_done: int = 0
-    keyframes_total: int = 0
-    psnr: list[float] = field(default_factory=list)  # per frame of the encoder's own reconstruction, dB
-
-
 class Encoder:
-    """Pass 2 for one input: fit, write and reconstruct keyframe by keyframe.
+    """Pass 2 for one input: fit, write and reconstruct chunk by chunk, keyframe by keyframe.
 
     Holds what holds for the whole encode (model, options, fitting loss, initialiser);
-    :meth:`encode` makes an :class:`EncodeRun` for the state that changes keyframe by keyframe.
+    :meth:`fit_chunk` fits one chunk (a :class:`ChunkFit` holds its closed loop); :meth:`encode` plans,
+    runs the chunks through a scheduler and merges.
     """
 
-    def __init__(self, model: GenerationModel, options: EncodeOptions, on_keyframe: Callable | None = None, recon=None):
+    def __init__(
+        self,
+        model: GenerationModel,
+        options: EncodeOptions,
+        on_keyframe: Callable | None = None,
+        recon=None,
+        threads: int | None = None,
+    ):
         self.model = model
         self.options = options
         self.fit = options.fit_config()
-        self.on_keyframe = on_keyframe  # on_keyframe(progress: Progress, result: FitResult)
+        self.on_keyframe = on_keyframe  # on_keyframe(frames: int) after each keyframe: frames fitted in its interval
         self.recon = recon  # a media frame writer for the encoder's own reconstruction, or None
+        # torch's intra-op thread count changes the last bits of a fit (measured: 1 vs 2 threads differ at
+        # byte 1329 of a 64x64 tiny encode), so it is part of the settings: every chunk runs with it.
+        self.threads = torch.get_num_threads() if threads is None else threads
         self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
         self.initializer, self.initializer_digest = None, None
         from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer
@@ -257,12 +257,18 @@ class Encoder:
         elif self.fit.init not in ("random", "uniform", "warm"):
             raise PrxError(f"unknown init {self.fit.init!r}: choose one of {', '.join(INITS)}")
 
-    def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
-        header = build_header(self.model, analysis)
+    def settings(self) -> dict:
+        """The EncoderSettings JSON without what pass 1 found (``scene_starts``): what a resume checks."""
         settings = self.options.settings(self.model.spec.name)
         # What the encode started from changes its bytes, though not what a decoder needs.
         settings["fit"] = self.fit.to_json()  # with "auto" resolved to the start actually used
         settings["initializer"] = None if self.initializer_digest is None else self.initializer_digest.hex()
+        settings["threads"] = self.threads
+        return settings
+
+    def plan(self, analysis: Analysis) -> tuple[FileHeader, EncoderSettingsRecord, RatePlan]:
+        header = build_header(self.model, analysis)
+        settings = self.settings()
         settings["scene_starts"] = [[start.frame, start.reason] for start in analysis.scene_starts]
         layout = StreamLayout(
             scene_lengths=analysis.scene_lengths,
@@ -296,140 +302,153 @@ class Encoder:
             u, v = self.initializer(frames_to_tensor([frame], self.model.device))  # (1, m, R), (1, R, n)
         return Factors(keyframe, u[0, :, :rank].float().cpu(), v[0, :rank].float().cpu())
 
-    def encode(self, video: VideoInput, output: Path, analysis: Analysis, resume: bool = False) -> EncodeReport:
+    # -- pass 2, chunk by chunk -----------------------------------------------------------------
+
+    def chunk_plan(self, video: VideoInput, analysis: Analysis, digest: str | None = None) -> ChunkPlan:
+        """Pass 1's result frozen: the scenes as chunks, their ranks and byte budgets (encoder/chunks.py)."""
         header, settings, rate = self.plan(analysis)
-        partial = Path(str(output) + PARTIAL_SUFFIX)
-        run = (
-            EncodeRun.resume(self, partial, header, settings)
-            if resume
-            else EncodeRun.start(self, partial, header, settings)
+        digest = input_sha256(video.path) if digest is None else digest
+        return build_plan(
+            video.path,
+            digest,
+            header,
+            settings,
+            rate,
+            analysis,
+            self.options.latent_format,
+            self.options.verify_record,
+            self.options.target_kbps,
         )
-        with run.stream:
-            run.progress.keyframes_total = len(rate.keyframes)
-            run.fit_remaining(video, analysis, rate)
-            padding = (
-                rate.total_bytes - run.writer.offset - FRAMING - tail_bytes(run.writer.order.scene_count)
-                if rate.padding_bytes >= 0
-                else -1
-            )
-            if padding >= 0:
-                run.writer.write(PaddingRecord(padding))
-            end = run.writer.finish()
-        os.replace(partial, output)
+
+    def fit_chunk(self, plan: ChunkPlan, chunk: Chunk, frames: np.ndarray) -> bytes:
+        """Fit one chunk from its (F, H, W, 3) uint8 frames; its file's bytes (chunks.chunk_bytes).
+
+        The one piece of code that fits: the serial path runs it in-process, Ray workers run it
+        remotely (encoder/distributed.py), always under the plan's thread count.
+        """
+        if len(frames) != chunk.frame_count:
+            raise PrxError(f"{chunk.describe()}: got {len(frames)} frames")
+        with torch_threads(plan.threads):
+            fit = ChunkFit(self, plan.header)
+            scene = store_latent(plan.latents[chunk.index], self.options.latent_format)
+            scene.first_frame = chunk.first_frame
+            fit.write(scene)
+            previous = chunk.first_frame - 1
+            for keyframe, rank in chunk.keyframes:
+                interval = frames[previous + 1 - chunk.first_frame : keyframe + 1 - chunk.first_frame]
+                fit.fit_interval(interval, keyframe, rank)
+                if self.on_keyframe:
+                    self.on_keyframe(len(interval))
+                previous = keyframe
+        return chunk_bytes(plan.header, chunk, fit.records)
+
+    def encode(
+        self,
+        video: VideoInput,
+        output: Path,
+        analysis: Analysis | None = None,
+        resume: bool = False,
+        scheduler=None,
+        on_plan: Callable | None = None,
+    ) -> EncodeReport:
+        """Plan (or load the plan, with ``resume``), fit the chunks not done, merge into ``output``.
+
+        ``scheduler`` runs the chunks (encoder/distributed.py; default: serially in this process).
+        ``on_plan(plan, done)`` hears the plan and the chunks already done before fitting starts.
+        """
+        from promptus_codec.encoder.distributed import SerialScheduler
+
+        output = Path(output)
+        work = WorkDir(output)
+        if resume:
+            plan = work.load()
+            plan.check_resume(str(work.path), input_sha256(video.path), self.model.identity(), self.settings())
+        else:
+            if analysis is None:
+                analysis = analyse(video, self.model, self.options)
+            plan = work.start(self.chunk_plan(video, analysis))  # refuses an unreachable bitrate before
+        done = {c.index for c in plan.chunks if work.find(c, plan.header) is not None}
+        if on_plan:
+            on_plan(plan, done)
+        todo = [c for c in plan.chunks if c.index not in done]
+        scheduler = scheduler or SerialScheduler()
+        scheduler.run(self, plan, todo, chunk_frames(video, plan, todo), work.store)
+        psnr: list[float] = []
+        end = merge(plan, work, output, lambda r: psnr.extend(r.psnr_db) if isinstance(r, QualityRecord) else None)
+        if self.recon is not None:
+            self.write_recon(output)
+        work.remove()
         size = output.stat().st_size
-        duration = float(end.frame_count / header.frame_rate)
-        psnr = run.progress.psnr
         return EncodeReport(
             frames=end.frame_count,
             keyframes=end.keyframe_count,
             scenes=end.scene_count,
             target_kbps=self.options.target_kbps,
-            achieved_kbps=size * 8 / duration / 1000,
+            achieved_kbps=size * 8 / float(end.frame_count / plan.header.frame_rate) / 1000,
             bytes=size,
             mean_psnr_db=float(np.mean(psnr)) if psnr else float("nan"),
-            interval=rate.interval,
-            ranks=rate.ranks,
+            interval=plan.interval,
+            ranks=[rank for c in plan.chunks for _, rank in c.keyframes],
         )
 
+    def write_recon(self, stream: Path) -> None:
+        """--recon: the merged stream decoded in this process, as ``promptus decode`` decodes it.
 
-class EncodeRun:
-    """One encode's changing state: the partial file, its writer, and the closed loop.
+        Decoded here rather than collected from the workers: the chunks' closed loops ran under the
+        plan's thread count (maybe on other machines), and a decoder runs under its own, so this is
+        the picture a decoder on this machine shows, byte for byte.
+        """
+        from promptus_codec.decoder.driver import decode_frames
 
-    Every record goes to the writer and, in the same order, to the ClosedLoop a decoder runs,
-    so z_prev and the previous keyframe are always what the decoder will have there.
-    """
+        with open(stream, "rb") as f:
+            reader = PrxReader(f)
+            for _, image in decode_frames(reader, TorchRuntime(self.model, reader.header.generation)):
+                self.recon.write(image)
 
-    def __init__(self, encoder: Encoder, stream, writer: PrxWriter):
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block with torch's intra-op thread count set to ``count``, then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def chunk_frames(video: VideoInput, plan: ChunkPlan, todo: list[Chunk]) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """Read the input once, in order, and yield each chunk of ``todo`` with its (F, H, W, 3) uint8 frames."""
+    header = plan.header
+    wanted = {c.first_frame: c for c in todo}
+    chunk, frames = None, []
+    with video.open() as source:
+        for index, frame in enumerate(coded_frames(source, header.coded_width, header.coded_height, header.geometry)):
+            if chunk is None and index in wanted:
+                chunk, frames = wanted[index], []
+            if chunk is not None:
+                frames.append(frame)
+                if index == chunk.last_frame:
+                    yield chunk, np.stack(frames)
+                    chunk, frames = None, []
+    if chunk is not None:
+        raise MediaError(f"{video.path} ended inside {chunk.describe()}: the input changed since the plan was made")
+
+
+class ChunkFit:
+    """One chunk's closed loop: every record goes to ``records`` and, in the same order, to the
+    ClosedLoop a decoder runs, so z_prev and the previous keyframe are what the decoder will have."""
+
+    def __init__(self, encoder: Encoder, header: FileHeader):
         self.encoder = encoder
-        self.stream = stream  # the open OUT.prx.partial
-        self.writer = writer
-        header = writer.header
+        self.header = header
         self.loop = ClosedLoop(TorchRuntime(encoder.model, header.generation), stream_noise(header))
-        self.progress = Progress()
+        self.records: list = []
 
-    @classmethod
-    def start(cls, encoder: Encoder, partial: Path, header: FileHeader, settings: EncoderSettingsRecord) -> "EncodeRun":
-        stream = open(partial, "wb")
-        writer = PrxWriter(stream, header)
-        writer.write(settings)
-        return cls(encoder, stream, writer)
-
-    @classmethod
-    def resume(
-        cls, encoder: Encoder, partial: Path, header: FileHeader, settings: EncoderSettingsRecord
-    ) -> "EncodeRun":
-        """Continue ``partial``: keep every record up to the last Quality record, rebuild the state."""
-        if not partial.is_file():
-            raise PrxError(f"nothing to resume: {partial} does not exist (run without --resume)")
-        stream = open(partial, "r+b")
-        try:
-            try:
-                reader = PrxReader(stream)
-                kept: list[tuple[object, int]] = [(record, reader.record_span[1]) for record in reader]
-            except TruncatedError:
-                kept = []  # killed before the header was on disk
-            else:
-                if reader.header != header:
-                    raise PrxError(
-                        f"{partial} was made from another input, model or geometry: delete it or run without --resume"
-                    )
-                if kept and kept[0][0] != settings:
-                    raise PrxError(f"{partial} was made with other settings: delete it or run without --resume")
-            if not kept:  # nothing worth keeping: start afresh in the same file
-                stream.seek(0)
-                stream.truncate()
-                writer = PrxWriter(stream, header)
-                writer.write(settings)
-                return cls(encoder, stream, writer)
-            while kept and not isinstance(kept[-1][0], (QualityRecord, EncoderSettingsRecord)):
-                kept.pop()
-            order = DecodeOrder(header)
-            offset = header_size(header)
-            for record, end in kept:
-                order.accept(record, offset)
-                offset = end
-            stream.seek(offset)
-            stream.truncate()
-            run = cls(encoder, stream, PrxWriter(stream, header, resume_from=order, offset=offset))
-            for record, _ in kept:
-                interval = run.loop.accept(record)
-                if interval is not None:
-                    encoder_recon_write(encoder, interval)
-                    run.progress.keyframes_done += 1
-                elif isinstance(record, QualityRecord):
-                    run.progress.psnr += list(record.psnr_db)
-            return run
-        except BaseException:
-            stream.close()
-            raise
-
-    def write(self, record) -> None:
-        """Write ``record`` and feed it to the closed loop (a Keyframe record's interval is reconstructed)."""
-        self.writer.write(record)
+    def write(self, record) -> Interval | None:
+        """Keep ``record`` and feed it to the closed loop (a Keyframe record's interval is reconstructed)."""
+        self.records.append(record)
         return self.loop.accept(record)
-
-    def fit_remaining(self, video: VideoInput, analysis: Analysis, rate: RatePlan) -> None:
-        """Stream the frames again and fit every keyframe not yet written."""
-        header = self.writer.header
-        ranks = dict(zip(rate.keyframes, rate.ranks))
-        pending: list[np.ndarray] = []
-        with video.open() as source:
-            for index, frame in enumerate(
-                coded_frames(source, header.coded_width, header.coded_height, header.geometry)
-            ):
-                if index <= self.loop.last_keyframe:
-                    continue  # already in the partial file
-                if index in analysis.scene_latents:
-                    scene = store_latent(analysis.scene_latents[index], self.encoder.options.latent_format)
-                    scene.first_frame = index
-                    self.write(scene)
-                pending.append(frame)
-                if index in ranks:
-                    result = self.fit_interval(np.stack(pending), index, ranks[index])
-                    self.stream.flush()
-                    pending = []
-                    if self.encoder.on_keyframe:
-                        self.encoder.on_keyframe(self.progress, result)
 
     def fit_interval(self, frames: np.ndarray, keyframe: int, rank: int) -> FitResult:
         """Fit, write and reconstruct one keyframe; ``frames`` are its interval's (K, H, W, 3)."""
@@ -468,12 +487,8 @@ class EncodeRun:
         return result
 
     def write_checks(self, interval: Interval, frames: np.ndarray, losses: list[float]) -> None:
-        """The reconstruction of one keyframe's interval: to --recon, ReconThumbnail and Quality records.
-
-        Quality comes last: resume keeps the records up to the last Quality record.
-        """
-        encoder_recon_write(self.encoder, interval)
-        header = self.writer.header
+        """The reconstruction of one keyframe's interval: ReconThumbnail and Quality records."""
+        header = self.header
         if self.encoder.options.verify_record:
             width, height = thumbnail_shape(header.coded_width, header.coded_height)
             self.write(
@@ -483,17 +498,3 @@ class EncodeRun:
             )
         psnr = [psnr_db(b, a) for a, b in zip(interval.images, frames)]
         self.write(QualityRecord(interval.first_frame, tuple(psnr), tuple(losses)))
-        self.progress.psnr += psnr
-        self.progress.keyframes_done += 1
-
-
-def encoder_recon_write(encoder: Encoder, interval: Interval) -> None:
-    """The interval's frames to the encoder's --recon writer, if it has one."""
-    for image in interval.images if encoder.recon is not None else ():
-        encoder.recon.write(image)
-
-
-def header_size(header: FileHeader) -> int:
-    from promptus_codec.container.codec import header_to_bytes
-
-    return len(header_to_bytes(header))

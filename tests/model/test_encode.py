@@ -129,48 +129,99 @@ def test_decode_equals_the_encoders_reconstruction(clip, tmp_path):
 def reference_encode(clip, tmp_path_factory):
     """One uninterrupted encode whose bytes the resume tests must reproduce."""
     out = tmp_path_factory.mktemp("ref") / "ref.prx"
-    result = encode(clip, "-o", out, "--rank", "2", "--interval", "8", "--refresh", "1", "--size", "64x64", *FAST)
+    result = encode(clip, "-o", out, "--rank", "2", "--interval", "8", "--refresh", "0.5", "--size", "64x64", *FAST)
     assert result.exit_code == 0, result.output
     return out
 
 
 def resume_args(clip, out):
-    return [clip, "-o", out, "--rank", "2", "--interval", "8", "--refresh", "1", "--size", "64x64", *FAST]
+    return [clip, "-o", out, "--rank", "2", "--interval", "8", "--refresh", "0.5", "--size", "64x64", *FAST]
 
 
-def test_resume_from_any_cut_point_is_byte_identical(clip, reference_encode, tmp_path):
-    """A killed encode leaves a prefix of the file; resuming from it gives the same bytes."""
+def work_dir(out) -> pathlib.Path:
+    return pathlib.Path(str(out) + ".work")
+
+
+def interrupted_encode(monkeypatch, args, chunks_done: int) -> None:
+    """An encode that stops (as if killed) after ``chunks_done`` chunk files are on disk (all: before the merge)."""
+    from promptus_codec.encoder import encode as encode_module
+    from promptus_codec.encoder.chunks import WorkDir
+
+    store, calls = WorkDir.store, []
+
+    def store_then_die(self, chunk, data):
+        if len(calls) == chunks_done:
+            raise RuntimeError("killed")
+        calls.append(chunk.index)
+        return store(self, chunk, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WorkDir, "store", store_then_die)
+        patch.setattr(encode_module, "merge", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+        result = encode(*args)
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError), result.output
+
+
+def test_resume_from_any_set_of_finished_chunks_is_byte_identical(clip, reference_encode, tmp_path, monkeypatch):
+    """A killed encode leaves the plan and the chunks it finished; resuming gives the same bytes.
+
+    Damaged, truncated or foreign chunk files, and temporaries a kill left behind, are fitted again.
+    """
     data = reference_encode.read_bytes()
     records = read_prx(reference_encode).records
-    assert sum(isinstance(r, SceneRecord) for r in records) == 2
+    assert sum(isinstance(r, SceneRecord) for r in records) == 4
     out = tmp_path / "o.prx"
-    for cut in (10, 190, 300, len(data) // 3, len(data) // 2 + 7, len(data) - 40, len(data) - 1):
-        pathlib.Path(str(out) + ".partial").write_bytes(data[:cut])
+    work = work_dir(out)
+    for done, damage in ((0, None), (1, None), (4, None), (4, "flip"), (3, "cut"), (2, "delete"), (1, "temp")):
+        interrupted_encode(monkeypatch, resume_args(clip, out), done)
+        assert (work / "plan.json").is_file() and not out.exists()
+        chunks = sorted(work.glob("chunk-*.prx"))
+        assert len(chunks) == done
+        if damage == "flip":
+            raw = bytearray(chunks[-1].read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            chunks[-1].write_bytes(bytes(raw))
+        elif damage == "cut":
+            chunks[0].write_bytes(chunks[0].read_bytes()[:-9])
+        elif damage == "delete":
+            chunks[0].unlink()
+        elif damage == "temp":
+            (work / ".chunk-00001-x.prx.abcd.partial").write_bytes(b"half a chunk")
         result = encode(*resume_args(clip, out), "--resume")
-        assert result.exit_code == 0, (cut, result.output)
-        assert out.read_bytes() == data, cut
-        assert not pathlib.Path(str(out) + ".partial").exists()
+        assert result.exit_code == 0, (done, damage, result.output)
+        assert out.read_bytes() == data, (done, damage)
+        assert not work.exists()
         out.unlink()
 
 
-def test_resume_refuses_a_partial_file_from_other_settings(clip, reference_encode, tmp_path):
+def test_resume_refuses_a_plan_from_another_input_or_settings(clip, reference_encode, tmp_path, monkeypatch):
     out = tmp_path / "o.prx"
-    pathlib.Path(str(out) + ".partial").write_bytes(reference_encode.read_bytes()[:4000])
+    interrupted_encode(monkeypatch, resume_args(clip, out), 1)
     args = resume_args(clip, out)
     args[args.index("--rank") + 1] = "3"
     result = encode(*args, "--resume")
-    assert result.exit_code == 1 and "other settings" in result.output
+    assert result.exit_code == 1 and "other settings (rank: 2 -> 3)" in result.output, result.output
+    other = tmp_path / "other.y4m"
+    write_clip(other, frames=60, cut_at=30)
+    args = resume_args(clip, out)
+    args[0] = other
+    result = encode(*args, "--resume")
+    assert result.exit_code == 1 and "another input" in result.output, result.output
+    result = encode(*resume_args(clip, out), "--resume", "--threads", "2")
+    assert result.exit_code == 1 and "threads: 1 -> 2" in result.output, result.output
     result = encode(*resume_args(clip, tmp_path / "none.prx"), "--resume")
     assert result.exit_code == 1 and "nothing to resume" in result.output
+    result = encode(*resume_args(clip, out), "--resume")  # the plan is still good after all that
+    assert result.exit_code == 0 and out.read_bytes() == reference_encode.read_bytes()
 
 
-def test_ctrl_c_leaves_a_resumable_partial_file(clip, reference_encode, tmp_path):
+def test_ctrl_c_leaves_a_resumable_work_folder(clip, reference_encode, tmp_path):
     out = tmp_path / "o.prx"
-    partial = pathlib.Path(str(out) + ".partial")
+    work = work_dir(out)
     args = [sys.executable, str(ROOT / "cli.py"), "encode", *map(str, resume_args(clip, out))]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while (not partial.exists() or partial.stat().st_size < 3000) and time.monotonic() < deadline:
+    while not list(work.glob("chunk-*.prx")) and time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"encode ended before it could be interrupted: {process.communicate()}")
         time.sleep(0.05)
@@ -179,7 +230,7 @@ def test_ctrl_c_leaves_a_resumable_partial_file(clip, reference_encode, tmp_path
     if process.returncode == 0:
         pytest.skip("the encode finished before SIGINT arrived")
     assert process.returncode == 130, stderr
-    assert "--resume" in stderr and partial.exists() and not out.exists()
+    assert "--resume" in stderr and (work / "plan.json").exists() and not out.exists()
     result = encode(*resume_args(clip, out), "--resume")
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == reference_encode.read_bytes()
@@ -252,7 +303,7 @@ def test_lpips_without_backbone_weights_says_what_to_do(clip, tmp_path):
     assert result.exit_code == 1
     assert "alexnet-owt-7be5be79.pth" in result.output and "--perceptual none" in result.output
     assert result.output.count("\n") == 1
-    assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
+    assert not out.exists() and not work_dir(out).exists()
     # The default, auto, warns and fits with MSE alone; the stream records what was used.
     result = encode(clip, "-o", out, "--rank", "1", "--interval", "30", "--size", "64x64", *args)
     assert result.exit_code == 0 and "fitting with MSE only" in result.output
