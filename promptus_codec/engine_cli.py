@@ -19,7 +19,7 @@ def engine():
 
 
 @engine.command()
-@model_option("tiny")
+@model_option("mini")
 @weights_option
 @click.option(
     "--batch",

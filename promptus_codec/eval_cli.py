@@ -94,7 +94,7 @@ def eval_command(source, decoded, fit, frame_tolerance, json_path, csv_path, dev
 @click.command("compare")
 @click.argument("source", type=str)
 @click.option("--bitrates", required=True, help="Promptus target bitrates, comma-separated, e.g. 100k,225k,550k.")
-@model_option("tiny")
+@model_option("mini")
 @weights_option
 @click.option(
     "--preset",

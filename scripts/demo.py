@@ -1,11 +1,12 @@
-"""The main job (`make demo`): encode a clip with the built-in tiny model, decode it, inspect it.
+"""The main job (`make demo`): encode a clip with the built-in mini model, decode it, inspect it.
 
 Uses ../shared/data/sky_512.mp4 when it is present, otherwise a synthetic 2-second clip.
 Every step is a real `promptus` command, printed before it runs. Outputs go to out/demo/, among them
 strip.png: source and decoded frames side by side.
 
-`tiny` has random weights, so its pictures are not meant to look like the input; `mini`, the model
-being trained to reconstruct (scripts/train_builtin.py), does not reconstruct yet (README).
+`mini` is a small model of SD-Turbo's shape trained here on a few minutes of video (scripts/train_builtin.py),
+not SD-Turbo: its pictures are blurred versions of the input (README, "The mini model"). `tiny` has random
+weights; its pictures are noise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "demo"
+MODEL = "mini"
 SKY = ROOT.parent / "shared" / "data" / "sky_512.mp4"
 
 
@@ -57,7 +59,7 @@ def write_strip(source: Path, decoded: Path, stream: Path, path: Path, count: in
         src = [apply_geometry(frame, header.coded_width, header.coded_height, header.geometry) for frame in video]
     picks = [round(i * (len(out) - 1) / (count - 1)) for i in range(count)]
     panels = [(f"{label} {i}", frames[i]) for i in picks for label, frames in (("source", src), ("decoded", out))]
-    frame_strip(panels, str(path), f"{source.name}: source and tiny-model decode, {stream.stat().st_size} bytes")
+    frame_strip(panels, str(path), f"{source.name}: source and {MODEL}-model decode, {stream.stat().st_size} bytes")
     print(f"wrote {path.relative_to(ROOT)}")
 
 
@@ -77,7 +79,7 @@ def main() -> None:
         "--bitrate",
         "225k",
         "--model",
-        "tiny",
+        MODEL,
         "--size",
         "128x128",
         "--preset",
@@ -96,7 +98,7 @@ def main() -> None:
     print(f"decoder output {'equals' if same else 'DIFFERS FROM'} the encoder's own reconstruction, bit for bit")
     print(
         f"outputs in {OUT.relative_to(ROOT)}/ "
-        "(strip.png: source and decoded frames, pair by pair; tiny's pictures are noise)"
+        "(strip.png: source and decoded frames, pair by pair)"
     )
     sys.exit(0 if same else 1)
 

@@ -166,6 +166,7 @@ def fit_keyframe(
     )
     previous_prompt = None if previous is None else previous.prompt()
     frame_losses = torch.full((frames,), float("inf"))
+    frame_psnr = torch.full((frames,), -float("inf"))  # dB on [0, 1], at each frame's latest visit (target_psnr)
     best, initial = None, None
     since_best = 0
     total_iterations = config.first_iterations if previous is None else config.iterations
@@ -202,6 +203,10 @@ def fit_keyframe(
         with torch.no_grad():
             for i, f in zip(batch, per_frame.detach().float().tolist()):
                 frame_losses[i] = f
+            if config.target_psnr is not None:
+                mse = ((images.detach() - target) ** 2).flatten(1).mean(1).clamp(min=1e-12)  # (B,) on [0, 1]
+                for i, db in zip(batch, (-10 * torch.log10(mse)).tolist()):
+                    frame_psnr[i] = db
         if initial is None:
             initial = value
         if best is None or value < best.best_loss * (1 - config.min_improvement):
@@ -224,6 +229,8 @@ def fit_keyframe(
             on_step(step, value, best.best_loss)
         if config.early_stop_patience and since_best >= config.early_stop_patience:
             break
+        if config.target_psnr is not None and since_best == 0 and float(frame_psnr.min()) >= config.target_psnr:
+            break  # the best iterate is good enough on every frame
         if step + 1 == total_iterations:
             break
         optimizer.zero_grad(set_to_none=True)

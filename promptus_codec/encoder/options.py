@@ -50,6 +50,8 @@ class FitConfig:
     first_plateau_patience: int | None = None  # the same for a scene's first keyframe; None = plateau_patience
     lr_floor: float = 0.0  # the lr is never halved below this (the reference: 0.001)
     early_stop_patience: int = 60  # iterations without a new best before fitting stops (0 = never)
+    target_psnr: float | None = None  # stop at a new best whose every frame reaches this PSNR (RGB, dB, before
+    # 8-bit rounding); None = run the budget (batched procedure only)
     min_improvement: float = 1e-4  # relative loss decrease that counts as a new best
     alpha: float = 0.8  # weight of MSE; 1 - alpha goes to the perceptual loss
     l1_weight: float = 0.1  # the reference's L1 term on the prompt embedding

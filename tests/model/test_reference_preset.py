@@ -264,3 +264,22 @@ def test_reference_encode_is_deterministic_and_decodes_to_its_reconstruction(tmp
     result = runner.invoke(main, ["decode", str(tmp_path / "a.prx"), "-o", str(decoded), "-q"])
     assert result.exit_code == 0, result.output
     assert decoded.read_bytes() == (tmp_path / "a.y4m").read_bytes()
+
+
+def test_target_psnr_stops_at_the_first_best_iterate_that_reaches_it(tiny_model):
+    """Early stopping against a quality target: the same trajectory, cut where every frame reaches it."""
+    task = task_for(tiny_model, 3, previous=True)
+    base = replace(PRESETS["fast"], iterations=40, early_stop_patience=0, init="random")
+    trace = []
+    fit_keyframe(GenerationStep(tiny_model), task, base, PerceptualLoss(None),
+                 on_step=lambda step, loss, best: trace.append(best))
+    full = fit_keyframe(GenerationStep(tiny_model), task, base, PerceptualLoss(None))
+    reachable = -10 * math.log10(max(full.frame_losses) / base.alpha)  # the worst frame's PSNR at the final best
+    stopped = fit_keyframe(GenerationStep(tiny_model), task, replace(base, target_psnr=reachable - 3),
+                           PerceptualLoss(None))
+    assert stopped.iterations < full.iterations
+    # the stop test used float32 log10 of the same MSEs; 1e-4 dB covers that rounding (~1e-6 dB at these values)
+    assert -10 * math.log10(max(stopped.frame_losses) / base.alpha) >= reachable - 3 - 1e-4
+    assert stopped.best_loss == trace[stopped.iterations - 1]  # a prefix of the same seeded trajectory
+    never = fit_keyframe(GenerationStep(tiny_model), task, replace(base, target_psnr=99.0), PerceptualLoss(None))
+    assert never.iterations == full.iterations
