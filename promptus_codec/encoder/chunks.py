@@ -180,14 +180,27 @@ class ChunkPlan:
         planned = {k: v for k, v in self.settings.items() if k != "scene_starts"}
         now = json.loads(json.dumps(settings))  # tuples as lists, as the plan holds them
         if planned != now:
-            changed = ", ".join(
-                f"{k}: {planned.get(k)!r} -> {now.get(k)!r}"
-                for k in sorted(set(planned) | set(now))
-                if planned.get(k) != now.get(k)
-            )
+            changed = ", ".join(f"{k}: {a} -> {b}" for k, a, b in differences(planned, now))
             raise PrxError(
                 f"cannot resume {where}: it was made with other settings ({changed}): delete it or run without --resume"
             )
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, old, new) for every leaf where two settings documents differ; absent keys say so."""
+    rows = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if isinstance(x, dict) and isinstance(y, dict):
+            rows += differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            rows.append(
+                (f"{prefix}{key}", "(absent)" if x is _ABSENT else repr(x), "(absent)" if y is _ABSENT else repr(y))
+            )
+    return rows
+
+
+_ABSENT = object()
 
 
 def model_json(model: ModelIdentity) -> dict:
