@@ -116,7 +116,7 @@ def import_legacy(folder, output, fps, model_name):
     show_default=True,
     help="Rate control keeps at least this rank while shortening K.",
 )
-@model_option("tiny")
+@model_option("mini")
 @weights_option
 @click.option(
     "--preset",
