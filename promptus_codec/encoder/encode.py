@@ -21,7 +21,6 @@ crash, gives the same bytes, and ``--resume`` only fits the chunks that are miss
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -35,7 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from promptus_codec.container.codec import recon_thumbnail_payload_size
+from promptus_codec.container.codec import recon_thumbnail_payload_size, settings_json
 from promptus_codec.container.reader import PrxReader
 from promptus_codec.container.records import (
     EncoderSettingsRecord,
@@ -207,10 +206,6 @@ def build_header(model: GenerationModel, analysis: Analysis) -> FileHeader:
     )
 
 
-def settings_bytes(settings: dict) -> int:
-    return len(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-
-
 def perceptual_loss(kind: str, device) -> PerceptualLoss:
     from promptus_codec.metrics.perceptual import lpips_distance, vgg19_distance
 
@@ -277,7 +272,7 @@ class Encoder:
             latent_shape=header.latent_shape,
             latent_format=self.options.latent_format,
             model_name=header.model.name,
-            settings_bytes=settings_bytes(settings),
+            settings_bytes=len(settings_json(settings)),  # the very text the writer will write
             thumbnail_payload=recon_thumbnail_payload_size(*thumbnail_shape(header.coded_width, header.coded_height))
             if self.options.verify_record
             else 0,
