@@ -101,6 +101,11 @@ class RateControlError(PrxError, ValueError):
     """The target bitrate cannot be met; the message gives the reachable range."""
 
 
+class UsageError(PrxError, ValueError):
+    """A request the codec cannot carry out as asked: an unknown preset, start, loss or baseline,
+    an output it cannot write, a resume that does not match what was started."""
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or raise MissingDependencyError naming its extra."""
     import importlib

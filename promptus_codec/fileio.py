@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from promptus_codec.errors import PrxError
+from promptus_codec.errors import UsageError
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -30,12 +30,12 @@ def check_target(
     target = os.path.abspath(path)
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
-        raise PrxError(f"cannot write {path}: folder {parent} does not exist")
+        raise UsageError(f"cannot write {path}: folder {parent} does not exist")
     if not folder_ok and os.path.isdir(target):
-        raise PrxError(f"cannot write {path}: it is a folder")
+        raise UsageError(f"cannot write {path}: it is a folder")
     for other in inputs:
         if other is not None and str(other) != "-" and same_file(target, other):
-            raise PrxError(f"cannot write {path}: it is the input {other}; pick another output name")
+            raise UsageError(f"cannot write {path}: it is the input {other}; pick another output name")
 
 
 class TemporaryTarget:

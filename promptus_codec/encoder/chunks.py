@@ -54,7 +54,7 @@ from promptus_codec.container.records import (
     SeekIndexRecord,
 )
 from promptus_codec.container.writer import PrxWriter
-from promptus_codec.errors import FormatError, PrxError
+from promptus_codec.errors import FormatError, PrxError, UsageError
 from promptus_codec.fileio import atomic_path
 from promptus_codec.ratecontrol import FRAMING, RatePlan, tail_bytes
 
@@ -140,7 +140,7 @@ class ChunkPlan:
     @classmethod
     def from_json(cls, doc: dict, where: str) -> "ChunkPlan":
         if doc.get("format") != PLAN_FORMAT:
-            raise PrxError(f"{where} is a plan of format {doc.get('format')!r}; this encoder reads {PLAN_FORMAT}")
+            raise UsageError(f"{where} is a plan of format {doc.get('format')!r}; this encoder reads {PLAN_FORMAT}")
         header = PrxReader(io.BytesIO(base64.b64decode(doc["header"]))).header
         chunks, latents = [], {}
         for c in doc["chunks"]:
@@ -166,14 +166,14 @@ class ChunkPlan:
     def check_resume(self, where: str, input_sha256: str | None, model: ModelIdentity, settings: dict) -> None:
         """Refuse to continue this plan with another input, model or settings, naming which."""
         if input_sha256 is None or self.input_sha256 is None:
-            raise PrxError(f"cannot resume {where}: the input is not a file or folder whose bytes can be checked")
+            raise UsageError(f"cannot resume {where}: the input is not a file or folder whose bytes can be checked")
         if input_sha256 != self.input_sha256:
-            raise PrxError(
+            raise UsageError(
                 f"cannot resume {where}: it was made from another input (SHA-256 {self.input_sha256[:16]}..., "
                 f"this input {input_sha256[:16]}...): delete it or run without --resume"
             )
         if model_json(model) != model_json(self.header.model):
-            raise PrxError(
+            raise UsageError(
                 f"cannot resume {where}: it was made for model {self.header.model.short()}, but {model.short()} "
                 f"is loaded: delete it or run without --resume"
             )
@@ -181,7 +181,7 @@ class ChunkPlan:
         now = json.loads(json.dumps(settings))  # tuples as lists, as the plan holds them
         if planned != now:
             changed = ", ".join(f"{k}: {a} -> {b}" for k, a, b in differences(planned, now))
-            raise PrxError(
+            raise UsageError(
                 f"cannot resume {where}: it was made with other settings ({changed}): delete it or run without --resume"
             )
 
@@ -389,14 +389,14 @@ class WorkDir:
 
     def load(self) -> ChunkPlan:
         if not self.plan_path.is_file():
-            raise PrxError(f"nothing to resume: {self.plan_path} does not exist (run without --resume)")
+            raise UsageError(f"nothing to resume: {self.plan_path} does not exist (run without --resume)")
         for p in self._ours():
             if p.name.startswith("."):
                 p.unlink(missing_ok=True)  # a temporary left by a killed run
         try:
             return ChunkPlan.from_json(json.loads(self.plan_path.read_text()), str(self.plan_path))
         except (ValueError, KeyError, TypeError, FormatError) as exc:
-            raise PrxError(
+            raise UsageError(
                 f"{self.plan_path} is not a plan this encoder can read ({exc}): delete {self.path}"
             ) from None
 

@@ -53,7 +53,7 @@ from promptus_codec.encoder.chunks import Chunk, ChunkPlan, WorkDir, build_plan,
 from promptus_codec.encoder.fit import FitResult, FitTask, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.options import INITS, EncodeOptions
 from promptus_codec.encoder.scenes import CutDetector, SceneStart, scene_lengths, scene_starts
-from promptus_codec.errors import MediaError, PrxError
+from promptus_codec.errors import MediaError, PrxError, UsageError
 from promptus_codec.metrics.quality import psnr as psnr_db
 from promptus_codec.metrics.thumbnail import luma_thumbnail, thumbnail_shape
 from promptus_codec.models.base import GenerationModel
@@ -213,7 +213,7 @@ def perceptual_loss(kind: str, device) -> PerceptualLoss:
         return PerceptualLoss(None)
     build = {"lpips": lpips_distance, "vgg19": vgg19_distance}.get(kind.removesuffix("-random"))
     if build is None:
-        raise PrxError(f"unknown --perceptual {kind!r}: choose lpips, vgg19 or none")
+        raise UsageError(f"unknown --perceptual {kind!r}: choose lpips, vgg19 or none")
     return PerceptualLoss(build(random_backbone=kind.endswith("-random")).to(device))
 
 
@@ -250,7 +250,7 @@ class Encoder:
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(model.spec.name, model.device)
         elif self.fit.init not in ("random", "uniform", "warm"):
-            raise PrxError(f"unknown init {self.fit.init!r}: choose one of {', '.join(INITS)}")
+            raise UsageError(f"unknown init {self.fit.init!r}: choose one of {', '.join(INITS)}")
 
     def settings(self) -> dict:
         """The EncoderSettings JSON without what pass 1 found (``scene_starts``): what a resume checks."""

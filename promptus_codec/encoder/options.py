@@ -11,7 +11,7 @@ from fractions import Fraction
 
 from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.scenes import DEFAULT_DETECTOR
-from promptus_codec.errors import PrxError
+from promptus_codec.errors import UsageError
 
 INITS = (
     "auto",
@@ -120,7 +120,7 @@ class EncodeOptions:
 
     def fit_config(self) -> FitConfig:
         if self.preset not in PRESETS:
-            raise PrxError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+            raise UsageError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[self.preset], **dict(self.fit_overrides))
 
     def settings(self, model_name: str) -> dict:

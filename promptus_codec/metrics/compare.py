@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from promptus_codec.errors import PrxError
+from promptus_codec.errors import UsageError
 from promptus_codec.metrics.baselines import BASELINES, achieved_kbps, encode_baseline
 from promptus_codec.metrics.bdrate import bd_rate
 from promptus_codec.metrics.evaluate import EvalResult, fmt, measure, write_json
@@ -142,7 +142,7 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
     encode_options.fit_config()  # refuse an unknown preset before any work
     for codec in options.baselines:
         if codec not in BASELINES:
-            raise PrxError(f"unknown baseline {codec!r}: choose from {', '.join(BASELINES)}")
+            raise UsageError(f"unknown baseline {codec!r}: choose from {', '.join(BASELINES)}")
     rows: list[dict] = []
     files: list[Path] = []
     with ExitStack() as stack:
