@@ -25,16 +25,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
+
+import torch
 
 from promptus_codec.container.records import ModelIdentity
 from promptus_codec.errors import ModelError, WeightsNotFoundError, require
 from promptus_codec.models import fingerprint
 from promptus_codec.models.base import ModelSpec
 from promptus_codec.models.device import apply_layout, resolve
-
-if TYPE_CHECKING:
-    import torch
 
 SD_TURBO_REPO = "stabilityai/sd-turbo"
 SD_TURBO_REVISION = "b261bac6fd2cf515557d5d0707481eafa0485ec2"
@@ -71,12 +70,17 @@ class WeightsFile:
     ldm: bool  # True: the original Stability single file, converted on load
 
 
-class SDTurbo:
-    """SD-Turbo behind the :class:`~promptus_codec.models.base.GenerationModel` interface."""
+class SDTurbo(torch.nn.Module):
+    """SD-Turbo behind the :class:`~promptus_codec.models.base.GenerationModel` interface.
+
+    An ``nn.Module`` like the built-in models (models/tiny.py's TinyModel), so its three
+    networks are its submodules: ``.eval()``, ``.requires_grad_()`` and ``state_dict()`` see them.
+    """
 
     spec = SPEC
 
     def __init__(self, unet, vae, taesd, identity: ModelIdentity, sources: dict[str, Path], device, dtype):
+        super().__init__()
         self.unet = unet  # UNet2DConditionModel in ``dtype``
         self.vae = vae  # AutoencoderKL in float32 (diffusers' force_upcast); only its encoder is used
         self.taesd = taesd  # AutoencoderTiny in ``dtype``; only its decoder is used
@@ -135,7 +139,6 @@ def load_sd_turbo(
     """
     for module in ("torch", "diffusers", "safetensors", "huggingface_hub"):
         require(module, "torch")
-    import torch
 
     device, dtype = resolve(device, dtype)
     sd_turbo_files, taesd_file = find_sd_turbo(source), find_taesd(taesd)
@@ -154,8 +157,6 @@ def load_sd_turbo(
 
 def build_component(component: Component, device: "str | torch.device" = "meta"):
     """The component's diffusers module from its shipped config: no weights on "meta", else random."""
-    import torch
-
     diffusers = require("diffusers", "torch")
     with torch.device(device):
         return getattr(diffusers, component.class_name).from_config(shipped_config(component))
