@@ -19,7 +19,7 @@ INITS = (
     "uniform",
     "warm",
     "amortized",
-)  # FitConfig.init; auto = amortized where the model has a prompt encoder
+)  # FitConfig.init; auto = warm (README "Fitting")
 PROCEDURES = ("batched", "reference")  # FitConfig.procedure
 FIT_MODES = (
     "crop",
@@ -62,7 +62,7 @@ class FitConfig:
     scene_latent: str = "mean"  # scene latents: the VAE posterior's mean | a seeded sample from it (the reference)
     temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
     init: str = "auto"  # start: random (seeded normal) | uniform (seeded U[0, 1): the reference) | warm (previous
-    # keyframe) | amortized (prompt encoder) | auto (amortized if the model has one, else warm)
+    # keyframe) | amortized (prompt encoder) | auto (warm: mini's prompt encoder is a worse start, README)
     max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
     seed: int = 0  # initial factors come from a generator seeded with (seed, frame index)
 
