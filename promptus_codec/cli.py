@@ -138,6 +138,11 @@ def import_legacy(folder, output, fps, model_name):
 )
 @click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
 @click.option(
+    "--target-psnr", type=float, default=None,
+    help="Stop fitting a keyframe once every frame of its interval reaches this PSNR (dB, RGB, before 8-bit "
+    "rounding), instead of running the preset's whole budget.",
+)
+@click.option(
     "--no-warm-start",
     is_flag=True,
     help="Start each keyframe from random factors, not the previous keyframe's (--init random).",
@@ -254,6 +259,7 @@ def encode(
     lr,
     alpha,
     beta,
+    target_psnr,
     no_warm_start,
     init,
     perceptual,
@@ -286,6 +292,7 @@ def encode(
         "lr": lr,
         "alpha": alpha,
         "temporal_beta": beta,
+        "target_psnr": target_psnr,
         "init": "random" if no_warm_start else init,
     }
     options = EncodeOptions(

@@ -283,3 +283,27 @@ def test_target_psnr_stops_at_the_first_best_iterate_that_reaches_it(tiny_model)
     assert stopped.best_loss == trace[stopped.iterations - 1]  # a prefix of the same seeded trajectory
     never = fit_keyframe(GenerationStep(tiny_model), task, replace(base, target_psnr=99.0), PerceptualLoss(None))
     assert never.iterations == full.iterations
+
+
+def test_target_psnr_from_the_command_line_is_recorded_and_used(tmp_path):
+    from click.testing import CliRunner
+
+    from promptus_codec.cli import main
+    from promptus_codec.container.reader import read_prx
+    from promptus_codec.container.records import EncoderSettingsRecord
+
+    from .streams import write_clip
+
+    clip = tmp_path / "clip.y4m"
+    write_clip(clip, frames=8)
+    args = ["--model", "tiny", "--preset", "draft", "--perceptual", "none", "--rank", "4", "--interval", "4",
+            "--size", "64x64", "-q", "--iterations", "30", "--first-iterations", "30"]
+    runner = CliRunner()
+    result = runner.invoke(main, ["encode", str(clip), "-o", str(tmp_path / "t.prx"), "--target-psnr", "1", *args])
+    assert result.exit_code == 0, result.output
+    settings = next(r for r in read_prx(tmp_path / "t.prx").records if isinstance(r, EncoderSettingsRecord)).settings
+    assert settings["fit"]["target_psnr"] == 1.0
+    # 1 dB is reached at once: every keyframe stops after its first iteration, so the stream differs from a full fit
+    result = runner.invoke(main, ["encode", str(clip), "-o", str(tmp_path / "f.prx"), *args])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.prx").read_bytes() != (tmp_path / "f.prx").read_bytes()

@@ -71,3 +71,4 @@ def test_bad_values_get_one_usage_line():
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+
