@@ -22,6 +22,12 @@ from promptus_codec.container.records import (
 )
 from promptus_codec.container.writer import write_prx
 
+# `promptus encode` options for a quick tiny-model encode: draft preset cut to 3 / 2 iterations, MSE only
+FAST_ENCODE = [
+    "--model", "tiny", "--perceptual", "none", "--preset", "draft",
+    "--iterations", "2", "--first-iterations", "3", "-q",
+]  # fmt: skip
+
 
 def random_keyframe(
     rng: np.random.Generator, frame_index: int, rank: int, m: int = 77, n: int = 1024

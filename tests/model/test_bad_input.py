@@ -26,23 +26,11 @@ from click.testing import CliRunner  # noqa: E402
 from promptus_codec.cli import main  # noqa: E402
 from promptus_codec.container.reader import read_prx  # noqa: E402
 
+from .streams import FAST_ENCODE as FAST  # noqa: E402
 from .streams import make_stream, write_clip  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SKY = ROOT.parent / "shared" / "data" / "sky_512.mp4"
-FAST = [
-    "--model",
-    "tiny",
-    "--perceptual",
-    "none",
-    "--preset",
-    "draft",
-    "--iterations",
-    "2",
-    "--first-iterations",
-    "3",
-    "-q",
-]
 SIZE = ["--size", "64x64"]
 LAYOUT = [[(0, 4), (4, 4), (8, 4), (12, 4)], [(13, 4), (16, 4)]]  # the decode cases' stream: 17 frames, 2 scenes
 

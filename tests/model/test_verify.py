@@ -24,21 +24,9 @@ from promptus_codec.decoder.verify import VERIFY_FAILED_EXIT  # noqa: E402
 from promptus_codec.media.readers import open_video  # noqa: E402
 from promptus_codec.metrics.thumbnail import luma_thumbnail  # noqa: E402
 
+from .streams import FAST_ENCODE as FAST  # noqa: E402
 from .streams import write_clip  # noqa: E402
 
-FAST = [
-    "--model",
-    "tiny",
-    "--perceptual",
-    "none",
-    "--preset",
-    "draft",
-    "--iterations",
-    "2",
-    "--first-iterations",
-    "3",
-    "-q",
-]
 KEYFRAMES = [0, 6, 12, 18, 19]  # 20 frames at --interval 6
 
 

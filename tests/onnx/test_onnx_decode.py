@@ -36,7 +36,7 @@ from promptus_codec.generate import GenerationStep  # noqa: E402
 from onnx_case import GRAPH_BATCH, LAYOUT, MAX_LEVELS, MIN_PSNR_DB, SIZE  # noqa: E402
 from tolerances import generation_atols  # noqa: E402  (tests/ is on sys.path)
 
-TORCH_FREE = Path(__file__).with_name("torch_free.py")
+TORCH_FREE = Path(__file__).parents[1] / "torch_free.py"
 
 
 def graph(graph_dir, model) -> dict[int, Path]:

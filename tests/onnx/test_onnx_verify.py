@@ -19,21 +19,9 @@ from click.testing import CliRunner  # noqa: E402
 from promptus_codec.cli import main  # noqa: E402
 
 from onnx_case import SIZE  # noqa: E402
+from model.streams import FAST_ENCODE as FAST  # noqa: E402  (tests/ is on sys.path)
 from test_onnx_decode import run_torch_free  # noqa: E402
 
-FAST = [
-    "--model",
-    "tiny",
-    "--perceptual",
-    "none",
-    "--preset",
-    "draft",
-    "--iterations",
-    "2",
-    "--first-iterations",
-    "3",
-    "-q",
-]
 LINE = re.compile(r"verify: keyframe +(\d+)  thumbnail PSNR +([\d.]+) dB  \((identical|max (\d+) levels?)\)$")
 
 
