@@ -39,10 +39,10 @@ from promptus_codec.encoder.encode import frames_to_tensor  # noqa: E402
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe  # noqa: E402
 from promptus_codec.encoder.options import PRESETS  # noqa: E402
 from promptus_codec.generate import GenerationStep, initial_noise_tensor  # noqa: E402
-from promptus_codec.media import apply_geometry, open_video, plan_geometry  # noqa: E402
 from promptus_codec.metrics.quality import luma, psnr  # noqa: E402
 from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer, load_model  # noqa: E402
 from promptus_codec.prompt import Factors, dequantize, interval_prompts  # noqa: E402
+from warm_start import load_frames  # noqa: E402  (the first frames as the encoder crops them; benchmarks/ is on sys.path)
 
 
 class CountingStep(torch.nn.Module):
@@ -56,18 +56,6 @@ class CountingStep(torch.nn.Module):
     def forward(self, z_prev, noise, prompts):
         self.passes += prompts.shape[0]
         return self.step(z_prev, noise, prompts)
-
-
-def load_frames(path: str, size: int, count: int) -> np.ndarray:
-    """The first ``count`` frames, cropped and scaled as the encoder would: (T, size, size, 3) uint8."""
-    frames = []
-    with open_video(path) as source:
-        width, height, geometry = plan_geometry(source.width, source.height, (size, size), "crop", multiple=64)
-        for frame in source:
-            frames.append(apply_geometry(frame, width, height, geometry))
-            if len(frames) == count:
-                break
-    return np.stack(frames)
 
 
 def stored(result, index: int) -> Factors:
