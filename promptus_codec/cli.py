@@ -113,8 +113,15 @@ def import_legacy(folder, output, fps, model_name):
     "--min-rank",
     type=int,
     default=EncodeOptions.min_rank,
-    show_default=True,
-    help="Rate control keeps at least this rank while shortening K.",
+    help="Rate control keeps at least this rank while shortening K. Default: the model's own, recorded in the "
+    "stream's settings.",
+)
+@click.option(
+    "--max-interval",
+    type=click.IntRange(min=0),
+    default=EncodeOptions.max_interval,
+    help="...but stops K here once the rank is at least the model's least trained rank (0: no limit). "
+    "Default: the model's own (mini: its longest trained interval), recorded in the stream's settings.",
 )
 @model_option("mini")
 @weights_option
@@ -251,6 +258,7 @@ def encode(
     rank,
     interval,
     min_rank,
+    max_interval,
     model,
     weights,
     preset,
@@ -300,6 +308,7 @@ def encode(
         rank=rank,
         interval=interval,
         min_rank=min_rank,
+        max_interval=max_interval,
         preset=preset,
         size=size,
         fit_mode=fit_mode,

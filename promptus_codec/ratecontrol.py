@@ -6,7 +6,9 @@ them for a target bitrate:
 
 1. for K = 1, 2, ... take the largest uniform rank that fits the budget; stop at the first
    K whose rank reaches ``min_rank`` (the paper: at equal bitrate a smaller K wins, e.g.
-   rank 8 / K 4 beats rank 16 / K 8 at 550 kb/s);
+   rank 8 / K 4 beats rank 16 / K 8 at 550 kb/s), or at the first K from ``max_interval``
+   on whose rank reaches ``least_rank`` (a model's trained range: intervals up to
+   max_interval, ranks from least_rank);
 2. spend what is left on +1 rank for evenly spread keyframes;
 3. fill the last few bytes (less than one rank step) with a Padding record, so the file
    hits the target to the byte.
@@ -23,6 +25,7 @@ from fractions import Fraction
 from promptus_codec.container import schema
 from promptus_codec.container.records import LatentFormat, RecordType
 from promptus_codec.errors import RateControlError
+from promptus_codec.models.base import ModelSpec
 
 FRAMING = schema.RECORD_FRAMING_SIZE  # what a record adds around its payload (Padding, ReconThumbnail)
 
@@ -170,7 +173,9 @@ def plan_rate(
     target_kbps: float | None = None,
     rank: int | None = None,
     interval: int | None = None,
-    min_rank: int = 8,
+    min_rank: int = ModelSpec.min_rank,
+    max_interval: int | None = ModelSpec.max_interval,
+    least_rank: int = ModelSpec.least_rank,
 ) -> RatePlan:
     """Choose K and per-keyframe ranks. ``rank``/``interval`` force those choices.
 
@@ -202,7 +207,7 @@ def plan_rate(
         if r == 0 or stream_bytes(layout, k, [r] * keyframe_count(layout, k)) > budget:
             continue
         chosen = (k, r)
-        if r >= min_rank or rank is not None:
+        if r >= min_rank or rank is not None or (max_interval is not None and k >= max_interval and r >= least_rank):
             break
     if chosen is None:  # only possible when rank or interval is forced
         k = interval or longest

@@ -234,7 +234,14 @@ class Encoder:
         threads: int | None = None,
     ):
         self.model = model
-        self.options = options
+        # the model's own rate-control limits where none are given, resolved here so that the settings
+        # record the values used (a max_interval of 0 means none)
+        spec = model.spec
+        self.options = replace(
+            options,
+            min_rank=spec.min_rank if options.min_rank is None else options.min_rank,
+            max_interval=(spec.max_interval or 0) if options.max_interval is None else options.max_interval,
+        )
         self.fit = options.fit_config()
         self.on_keyframe = on_keyframe  # on_keyframe(frames: int) after each keyframe: frames fitted in its interval
         self.recon = recon  # a media frame writer for the encoder's own reconstruction, or None
@@ -280,7 +287,13 @@ class Encoder:
             else 0,
         )
         rate = plan_rate(
-            layout, self.options.target_kbps, self.options.rank, self.options.interval, self.options.min_rank
+            layout,
+            self.options.target_kbps,
+            self.options.rank,
+            self.options.interval,
+            self.options.min_rank,
+            self.options.max_interval or None,
+            self.model.spec.least_rank,
         )
         return header, EncoderSettingsRecord(settings), rate
 

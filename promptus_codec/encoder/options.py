@@ -105,7 +105,8 @@ class EncodeOptions:
     target_kbps: float | None = None  # total bitrate; None = --rank and --interval decide
     rank: int | None = None  # force every keyframe's rank
     interval: int | None = None  # force the keyframe interval K
-    min_rank: int = 8  # rate control keeps at least this rank while shrinking K
+    min_rank: int | None = None  # rate control keeps at least this rank while shrinking K; None = the model's
+    max_interval: int | None = None  # ... and K at most this where the budget allows; None = the model's
     preset: str = "fast"  # fitting procedure and effort, see PRESETS
     size: tuple[int, int] | None = None  # coded (W, H); None = short side 512, multiples of 64
     fit_mode: str = "crop"  # crop (the reference) | pad | scale

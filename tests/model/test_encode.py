@@ -92,6 +92,28 @@ def test_achieved_bitrate_within_one_percent(clip, tmp_path, target):
     assert settings["target_kbps"] == target and settings["fit"]["iterations"] == 3
 
 
+@pytest.mark.parametrize("model, max_interval", [("tiny", 0), ("mini", 12)])
+def test_rate_control_limits_default_to_the_models_own(clip, tmp_path, model, max_interval):
+    """Without --min-rank/--max-interval rate control uses the model's ModelSpec limits, and the settings
+    say which; at 100k on 60 frames rank 8 needs K ~ 30, so mini's limits (K 12, rank 4) decide its K."""
+    options = [*FAST[FAST.index("--perceptual") :], "--model", model, "--bitrate", "100k", "--size", "64x64"]
+
+    def keyframes_and_settings(out, *extra):
+        assert encode(clip, "-o", out, *options, *extra).exit_code == 0
+        records = read_prx(out).records
+        settings = next(r for r in records if isinstance(r, EncoderSettingsRecord)).settings
+        return [r.frame_index for r in records if isinstance(r, KeyframeRecord)], settings
+
+    keyframes, settings = keyframes_and_settings(tmp_path / "o.prx")
+    assert (settings["min_rank"], settings["max_interval"]) == (8, max_interval)
+    ranks = [r.rank for r in read_prx(tmp_path / "o.prx").records if isinstance(r, KeyframeRecord)]
+    if max_interval:  # K stopped where the rank first reached mini's least trained rank, 4
+        assert 4 <= min(ranks) < 8 and max(b - a for a, b in zip(keyframes, keyframes[1:])) >= max_interval
+    unlimited, settings = keyframes_and_settings(tmp_path / "unlimited.prx", "--max-interval", 0)
+    assert settings["max_interval"] == 0
+    assert (len(unlimited) < len(keyframes)) if max_interval else (unlimited == keyframes)
+
+
 def test_hard_cut_gives_two_scenes_with_keyframes_on_both_sides(tmp_path):
     clip = tmp_path / "cut.y4m"
     write_clip(clip, frames=40, cut_at=23)

@@ -48,8 +48,7 @@ def test_encode_help_shows_defaults_from_the_options_dataclass():
 
     text = " ".join(CliRunner().invoke(main, ["encode", "--help"]).output.split())
     assert (
-        "--min-rank INTEGER Rate control keeps at least this rank while shortening K. "
-        f"[default: {EncodeOptions.min_rank}]"
+        "--min-rank INTEGER Rate control keeps at least this rank while shortening K. Default: the model's own"
         in text
     )
     assert f"[default: {EncodeOptions.preset}]" in text

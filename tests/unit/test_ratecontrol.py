@@ -111,6 +111,21 @@ def test_smallest_interval_that_keeps_the_rank_floor():
     assert plan.keyframes[0] == 0 and plan.keyframes[-1] == 140
 
 
+def test_max_interval_stops_shortening_before_the_rank_floor():
+    layout = StreamLayout((141,), Fraction(30), latent_shape=(4, 16, 16))
+    free = plan_rate(layout, 100, min_rank=8)
+    assert free.interval > 12 and min(free.ranks) >= 8  # rank 8 needs a long K at 100k
+    capped = plan_rate(layout, 100, min_rank=8, max_interval=12)
+    assert capped.interval == 12 and min(capped.ranks) < 8
+    assert capped.total_bytes == free.total_bytes  # the same budget, spent on more keyframes
+    floored = plan_rate(layout, 100, min_rank=8, max_interval=12, least_rank=4)
+    assert min(floored.ranks) >= 4 > min(capped.ranks)  # rank 3 at K 12: K grows until rank 4 fits
+    assert min(plan_rate(layout, 100, min_rank=8, max_interval=floored.interval - 1).ranks) < 4
+    assert plan_rate(layout, 225, min_rank=8, max_interval=30).interval == plan_rate(layout, 225, min_rank=8).interval
+    lowest, _ = reachable_kbps(layout)
+    assert plan_rate(layout, lowest, max_interval=2).interval > 2  # nothing that short fits: K grows past it
+
+
 def test_keyframes_close_every_scene():
     assert keyframe_offsets(10, 4) == [0, 4, 8, 9]
     assert keyframe_offsets(9, 4) == [0, 4, 8]
