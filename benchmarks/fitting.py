@@ -38,24 +38,11 @@ sys.path.insert(0, str(ROOT))
 from promptus_codec.encoder.encode import frames_to_tensor  # noqa: E402
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe  # noqa: E402
 from promptus_codec.encoder.options import PRESETS  # noqa: E402
-from promptus_codec.generate import GenerationStep, initial_noise_tensor  # noqa: E402
+from promptus_codec.generate import CountingStep, GenerationStep, initial_noise_tensor  # noqa: E402
 from promptus_codec.metrics.quality import luma, psnr  # noqa: E402
 from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer, load_model  # noqa: E402
 from promptus_codec.prompt import Factors, dequantize, interval_prompts  # noqa: E402
 from warm_start import load_frames  # noqa: E402  (the first frames as the encoder crops them; benchmarks/ is on sys.path)
-
-
-class CountingStep(torch.nn.Module):
-    """The generator, counting the frames that pass through it."""
-
-    def __init__(self, step: GenerationStep):
-        super().__init__()
-        self.step, self.passes = step, 0
-        self.prompt_shape = step.prompt_shape
-
-    def forward(self, z_prev, noise, prompts):
-        self.passes += prompts.shape[0]
-        return self.step(z_prev, noise, prompts)
 
 
 def stored(result, index: int) -> Factors:
@@ -133,7 +120,7 @@ def main() -> int:
                 index, targets, z_prev, prev = args.interval, frames[1:], z_prev_later, previous
             start = amortized(index) if init == "amortized" else prev if init == "warm" else None
             task = FitTask(frames_to_tensor(targets, "cpu"), z_prev, noise, index, args.rank, prev, start)
-            step.passes = 0
+            step.calls.clear()
             started = time.perf_counter()
             result = fit_keyframe(step, task, config, PerceptualLoss(None))
             wall = time.perf_counter() - started

@@ -134,3 +134,21 @@ class GenerationStep(torch.nn.Module):
             raise ValueError(f"noise has shape {tuple(noise.shape)}: expected z_prev's {tuple(z_prev.shape)}")
         if prompts.ndim != 3 or prompts.shape[0] < 1 or tuple(prompts.shape[1:]) != (m, n):
             raise ValueError(f"prompts has shape {tuple(prompts.shape)}: expected (B, {m}, {n}) with B >= 1")
+
+
+class CountingStep(torch.nn.Module):
+    """A GenerationStep that records the frames of each call: a fit's cost in UNet passes
+    (benchmarks/fitting.py, the reference preset's tests). ``calls.clear()`` starts a new count."""
+
+    def __init__(self, step: GenerationStep):
+        super().__init__()
+        self.step, self.calls = step, []
+        self.prompt_shape = step.prompt_shape
+
+    @property
+    def passes(self) -> int:  # frames through the UNet, forward and backward, since the last clear
+        return sum(self.calls)
+
+    def forward(self, z_prev, noise, prompts):
+        self.calls.append(prompts.shape[0])
+        return self.step(z_prev, noise, prompts)

@@ -74,6 +74,15 @@ class FitResult:
     frame_losses: list[float]  # per frame of the interval, at the best iterate
 
 
+class MinMaxQuantiser:
+    """Ours (``quantiser="minmax"``): fake_quant over the current tensor's range, with RunningQuantiser's call."""
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """(dequantised x with a straight-through gradient, int8 codes, stored scale, stored zero point)."""
+        xq, scale, zero_point = fake_quant(x)
+        return xq, quantize_codes(x.detach(), scale, zero_point), scale, zero_point
+
+
 class RunningQuantiser:
     """The reference's fake quantiser (its QParam + FakeQuantize), for ``quantiser="running"``.
 
@@ -301,7 +310,8 @@ def fit_keyframe_reference(
     u0, v0 = _initial_factors(task, m, n, config)
     u = torch.nn.Parameter(u0.to(z_prev.device, torch.float32))
     v = torch.nn.Parameter(v0.to(z_prev.device, torch.float32))
-    quant_u, quant_v = (RunningQuantiser(), RunningQuantiser()) if config.quantiser == "running" else (None, None)
+    quantiser = RunningQuantiser if config.quantiser == "running" else MinMaxQuantiser
+    quant_u, quant_v = quantiser(), quantiser()
     first_keyframe = previous is None
     patience = (
         config.first_plateau_patience if first_keyframe and config.first_plateau_patience else config.plateau_patience
@@ -315,13 +325,8 @@ def fit_keyframe_reference(
         visits = reference_visits(frames, first_losses)
         first_losses = {}
         for offset in visits:
-            if quant_u is not None:
-                uq, codes_u, u_scale, u_zp = quant_u(u)
-                vq, codes_v, v_scale, v_zp = quant_v(v)
-            else:
-                uq, u_scale, u_zp = fake_quant(u)
-                vq, v_scale, v_zp = fake_quant(v)
-                codes_u, codes_v = quantize_codes(u.detach(), u_scale, u_zp), quantize_codes(v.detach(), v_scale, v_zp)
+            uq, codes_u, u_scale, u_zp = quant_u(u)
+            vq, codes_v, v_scale, v_zp = quant_v(v)
             current = Factors(task.frame_index, uq, vq)
             prompt = (
                 current.prompt() if first_keyframe else interpolate(previous, current, first_frame + offset)

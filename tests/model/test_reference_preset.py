@@ -18,7 +18,7 @@ from promptus_codec.encoder.fit import (
     reference_visits,
 )
 from promptus_codec.encoder.options import PRESETS
-from promptus_codec.generate import GenerationStep, initial_noise_tensor
+from promptus_codec.generate import CountingStep, GenerationStep, initial_noise_tensor
 from promptus_codec.prompt import Factors, dequantize
 
 REFERENCE = PRESETS["reference"]
@@ -87,19 +87,6 @@ def test_reference_preset_is_the_reference_procedure():
     assert (REFERENCE.alpha, REFERENCE.l1_weight, REFERENCE.pixel_range) == (0.8, 0.1, "signed")
     assert (REFERENCE.init, REFERENCE.quantiser, REFERENCE.scene_latent) == ("uniform", "running", "sample")
     assert REFERENCE.early_stop_patience == 0  # it always runs its whole budget
-
-
-class CountingStep(torch.nn.Module):
-    """A GenerationStep that counts its calls and the frames in each."""
-
-    def __init__(self, step: GenerationStep):
-        super().__init__()
-        self.step, self.calls = step, []
-        self.prompt_shape = step.prompt_shape
-
-    def forward(self, z_prev, noise, prompts):
-        self.calls.append(prompts.shape[0])
-        return self.step(z_prev, noise, prompts)
 
 
 def task_for(tiny_model, frames: int, previous: bool) -> FitTask:
