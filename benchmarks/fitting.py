@@ -67,6 +67,9 @@ def main() -> int:
     parser.add_argument("--presets", default="reference,fast,fast+amortized")
     parser.add_argument("--keyframe", choices=["first", "later"], default="first")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--patience", type=int, default=None, help="override our presets' early_stop_patience (0: run every iteration)"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
@@ -114,6 +117,8 @@ def main() -> int:
         for budget in budgets:
             config = replace(base, first_iterations=budget, iterations=budget)
             config = replace(config, init="random") if base.init == "auto" else config
+            if args.patience is not None and base.procedure != "reference":
+                config = replace(config, early_stop_patience=args.patience)
             if args.keyframe == "first":
                 index, targets, z_prev, prev = 0, frames[:1], scene_latent(base.scene_latent), None
             else:
