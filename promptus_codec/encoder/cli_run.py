@@ -151,7 +151,7 @@ def run_encode(
         f"into {report.keyframes} keyframes "
         f"(interval {report.interval}, rank {min(report.ranks)}-{max(report.ranks)}) in {report.scenes} scene(s): "
         f"{target}achieved {report.achieved_kbps:.2f} kb/s{error}, {report.bytes} bytes; "
-        f"reconstruction PSNR {report.mean_psnr_db:.2f} dB -> {output}"
+        f"reconstruction PSNR-RGB {report.mean_psnr_db:.2f} dB -> {output}"
     )
     if not quiet:
         click.echo(workers_summary(scheduler, progress, len(state.get("done", ())), len(state["plan"].chunks)))
