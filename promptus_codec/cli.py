@@ -120,8 +120,9 @@ def import_legacy(folder, output, fps, model_name):
     "--max-interval",
     type=click.IntRange(min=0),
     default=EncodeOptions.max_interval,
-    help="...but stops K here once the rank is at least the model's least trained rank (0: no limit). "
-    "Default: the model's own (mini: its longest trained interval), recorded in the stream's settings.",
+    help="Rate control stops shortening K here, below --min-rank, once the rank reaches the model's least "
+    "trained rank (0: no limit). Default: the model's own (mini: its longest trained interval), recorded in the "
+    "stream's settings.",
 )
 @model_option("mini")
 @weights_option

@@ -174,7 +174,7 @@ def plan_rate(
     rank: int | None = None,
     interval: int | None = None,
     min_rank: int = ModelSpec.min_rank,
-    max_interval: int | None = ModelSpec.max_interval,
+    max_interval: int = ModelSpec.max_interval,
     least_rank: int = ModelSpec.least_rank,
 ) -> RatePlan:
     """Choose K and per-keyframe ranks. ``rank``/``interval`` force those choices.
@@ -207,7 +207,7 @@ def plan_rate(
         if r == 0 or stream_bytes(layout, k, [r] * keyframe_count(layout, k)) > budget:
             continue
         chosen = (k, r)
-        if r >= min_rank or rank is not None or (max_interval is not None and k >= max_interval and r >= least_rank):
+        if r >= min_rank or rank is not None or (max_interval and k >= max_interval and r >= least_rank):
             break
     if chosen is None:  # only possible when rank or interval is forced
         k = interval or longest

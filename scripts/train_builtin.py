@@ -99,8 +99,8 @@ class TrainConfig:
     schedule_steps: int = 2800  # phase 2 decays (cosine) to lr_floor at this step, whatever --steps is
     lr_floor: float = 0.05  # final lr as a fraction of the peak
     weight_decay: float = 0.0  # none: few steps, no overfitting risk worth the bias
-    max_interval: int = MINI_SPEC.max_interval  # K drawn from 1..12; rate control keeps mini's K at most this
-    min_rank: int = MINI_SPEC.least_rank  # r drawn from 4..max_rank (MiniConfig.max_rank)
+    max_interval: int = MINI_SPEC.max_interval  # K drawn from 1..max_interval; rate control keeps to it too
+    min_rank: int = MINI_SPEC.least_rank  # r drawn from min_rank..max_rank (MiniConfig.max_rank)
     latent_weight: float = 0.5  # x0 vs E(target) in latent units, a direct signal for the UNet
     scale_weight: float = 1.0  # keeps scene latents near unit mean square, SD's latent scale
     guide_weight: float = 1.0  # latent channels 0-2 follow the 8x8-pooled RGB: colour learnt in minutes, not hours

@@ -235,12 +235,12 @@ class Encoder:
     ):
         self.model = model
         # the model's own rate-control limits where none are given, resolved here so that the settings
-        # record the values used (a max_interval of 0 means none)
+        # record the values used
         spec = model.spec
         self.options = replace(
             options,
             min_rank=spec.min_rank if options.min_rank is None else options.min_rank,
-            max_interval=(spec.max_interval or 0) if options.max_interval is None else options.max_interval,
+            max_interval=spec.max_interval if options.max_interval is None else options.max_interval,
         )
         self.fit = options.fit_config()
         self.on_keyframe = on_keyframe  # on_keyframe(frames: int) after each keyframe: frames fitted in its interval
@@ -292,7 +292,7 @@ class Encoder:
             self.options.rank,
             self.options.interval,
             self.options.min_rank,
-            self.options.max_interval or None,
+            self.options.max_interval,
             self.model.spec.least_rank,
         )
         return header, EncoderSettingsRecord(settings), rate

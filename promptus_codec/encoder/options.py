@@ -106,7 +106,8 @@ class EncodeOptions:
     rank: int | None = None  # force every keyframe's rank
     interval: int | None = None  # force the keyframe interval K
     min_rank: int | None = None  # rate control keeps at least this rank while shrinking K; None = the model's
-    max_interval: int | None = None  # ... and K at most this where the budget allows; None = the model's
+    max_interval: int | None = None  # ... but stops at this K once the rank reaches the model's least_rank; 0 = no
+    #                                  limit, None = the model's
     preset: str = "fast"  # fitting procedure and effort, see PRESETS
     size: tuple[int, int] | None = None  # coded (W, H); None = short side 512, multiples of 64
     fit_mode: str = "crop"  # crop (the reference) | pad | scale

@@ -32,10 +32,10 @@ class ModelSpec:
     generation: GenerationConstants = GenerationConstants()  # the reference's constants
     # Rate control (ratecontrol.plan_rate) shortens K until the rank reaches min_rank, the paper's 8 for
     # SD-Turbo (rank 8 / K 4 beats rank 16 / K 8 at 550 kb/s). A model trained on intervals of at most
-    # max_interval frames and ranks of at least least_rank says so, and K stops at max_interval as soon
-    # as the rank there is least_rank or more.
+    # max_interval frames (0: no limit) and ranks of at least least_rank says so, and K stops at
+    # max_interval as soon as the rank there is least_rank or more.
     min_rank: int = 8
-    max_interval: int | None = None
+    max_interval: int = 0
     least_rank: int = 1
 
 
