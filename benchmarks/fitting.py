@@ -1,7 +1,7 @@
 """Fitting quality against UNet passes and wall time: the reference preset against ours.
 
     python benchmarks/fitting.py [--model mini] [--budgets 10,30,100,300] [--presets reference,fast,fast+amortized]
-                                 [--keyframe first|later] [--json out.json] [--plot out.png]
+                                 [--keyframe first|later] [--set FIELD=VALUE ...] [--json out.json] [--plot out.png]
 
 On ../shared/data/sky_512.mp4 at 128x128 (crop), rank 8, K = 10. For each preset and each
 iteration budget B, one keyframe is fitted from scratch with the preset's procedure and B
@@ -16,7 +16,8 @@ procedure spends K + 2 an iteration on a later keyframe (one Adam step each), ou
 one batched step; both spend 1 on a first keyframe. "+amortized" starts from the model's
 prompt encoder (mini only), "+warm" from the previous keyframe's factors (later only). The
 perceptual terms need backbone weights this machine does not have, so every preset runs
-with --perceptual none: alpha still weighs the MSE.
+with --perceptual none: alpha still weighs the MSE. ``--set l1_weight=0.025`` changes a
+FitConfig field in every preset named (an ablation); the rows' names say so.
 Prints one row per (preset, budget) and writes JSON and a plot if asked.
 """
 
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from promptus_codec.encoder.encode import frames_to_tensor  # noqa: E402
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe  # noqa: E402
-from promptus_codec.encoder.options import PRESETS  # noqa: E402
+from promptus_codec.encoder.options import PRESETS, FitConfig  # noqa: E402
 from promptus_codec.generate import CountingStep, GenerationStep, initial_noise_tensor  # noqa: E402
 from promptus_codec.metrics.quality import luma, psnr  # noqa: E402
 from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer, load_model  # noqa: E402
@@ -50,6 +51,18 @@ def stored(result, index: int) -> Factors:
     u = dequantize(result.u, result.u_scale, result.u_zero_point)
     v = dequantize(result.v, result.v_scale, result.v_zero_point)
     return Factors(index, torch.from_numpy(u), torch.from_numpy(v))
+
+
+def field_override(text: str) -> tuple[str, object]:
+    """"l1_weight=0.025" -> ("l1_weight", 0.025), typed as FitConfig's default for that field."""
+    field, _, value = text.partition("=")
+    defaults = FitConfig().to_json()
+    if field not in defaults or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
+    default = defaults[field]
+    if isinstance(default, bool) or default is None or isinstance(default, str):
+        return field, value if isinstance(default, str) else json.loads(value)
+    return field, type(default)(value)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:  # (B, 3, H, W) in [0, 1] -> (B, H, W, 3)
@@ -69,6 +82,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--patience", type=int, default=None, help="override our presets' early_stop_patience (0: run every iteration)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], type=field_override, metavar="FIELD=VALUE",
+        help="change a FitConfig field in every preset, e.g. l1_weight=0 (repeatable)",
     )
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -119,6 +136,7 @@ def main() -> int:
             config = replace(config, init="random") if base.init == "auto" else config
             if args.patience is not None and base.procedure != "reference":
                 config = replace(config, early_stop_patience=args.patience)
+            config = replace(config, **dict(args.overrides))
             if args.keyframe == "first":
                 index, targets, z_prev, prev = 0, frames[:1], scene_latent(base.scene_latent), None
             else:
@@ -136,14 +154,15 @@ def main() -> int:
                 _, images = step.step(z_prev, noise, prompts)
             decoded = to_uint8(images)
             scores = [psnr(luma(a), luma(b)) for a, b in zip(targets, decoded)]
+            label = " ".join([name] + [f"{k}={v}" for k, v in args.overrides])
             row = dict(
-                preset=name, budget=budget, iterations=result.iterations, unet_passes=passes, wall_s=round(wall, 2),
+                preset=label, budget=budget, iterations=result.iterations, unet_passes=passes, wall_s=round(wall, 2),
                 loss=result.best_loss, keyframe_psnr_y=round(scores[-1], 3),
                 mean_psnr_y=round(float(np.mean(scores)), 3),
             )
             rows.append(row)
             print(
-                f"{name:>16} budget {budget:>6}: {passes:>7} passes {wall:>8.1f} s  loss {result.best_loss:.5f}  "
+                f"{label:>16} budget {budget:>6}: {passes:>7} passes {wall:>8.1f} s  loss {result.best_loss:.5f}  "
                 f"keyframe PSNR-Y {scores[-1]:.2f} dB  interval {np.mean(scores):.2f} dB",
                 flush=True,
             )

@@ -146,6 +146,12 @@ def import_legacy(folder, output, fps, model_name):
 )
 @click.option("--beta", type=float, default=None, help="Temporal smoothing weight (paper eq. 5); 0 = off.")
 @click.option(
+    "--l1-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Override the preset: weight of the mean |c| term that pulls prompts towards 0 (0 = off).",
+)
+@click.option(
     "--target-psnr", type=float, default=None,
     help="Stop fitting a keyframe once every frame of its interval reaches this PSNR (dB, RGB, before 8-bit "
     "rounding), instead of running the preset's whole budget.",
@@ -162,6 +168,14 @@ def import_legacy(folder, output, fps, model_name):
     show_default=True,
     help="Where fitting starts: the model's prompt encoder (amortized; mini has one), the previous keyframe (warm), "
     "or random. auto: warm (mini's prompt encoder is not yet a better start at small budgets).",
+)
+@click.option(
+    "--initializer",
+    "initializer_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A prompt encoder written by scripts/train_initializer.py for these weights: fitting starts from its "
+    "factors (implies --init amortized).",
 )
 @click.option(
     "--perceptual",
@@ -268,9 +282,11 @@ def encode(
     lr,
     alpha,
     beta,
+    l1_weight,
     target_psnr,
     no_warm_start,
     init,
+    initializer_file,
     perceptual,
     size,
     fit_mode,
@@ -295,12 +311,17 @@ def encode(
     from promptus_codec.metrics.perceptual import resolve_perceptual
 
     check_paths(input, output, recon)  # before any work: a missing input or folder, or the input itself
+    if initializer_file is not None:
+        if init not in ("auto", "amortized") or no_warm_start:
+            raise click.UsageError("--initializer is a start for --init amortized; drop --init or --no-warm-start")
+        init = "amortized"
     overrides = {
         "iterations": iterations,
         "first_iterations": first_iterations,
         "lr": lr,
         "alpha": alpha,
         "temporal_beta": beta,
+        "l1_weight": l1_weight,
         "target_psnr": target_psnr,
         "init": "random" if no_warm_start else init,
     }
@@ -322,6 +343,7 @@ def encode(
             perceptual, preset, warn=lambda message: click.echo(f"promptus: warning: {message}", err=True)
         ),
         fit_overrides=tuple(sorted((k, v) for k, v in overrides.items() if v is not None and v != "auto")),
+        initializer_file=initializer_file,
         verify_record=verify_record,
     )
     run_encode(

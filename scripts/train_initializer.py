@@ -14,8 +14,9 @@ scripts/train_builtin.py (whose data pipeline this reuses, with the same license
     image   = D(x0(0.05 z_prev + 0.95 N, UNet(., 999, u v / sqrt(r))))   N new per sample
     loss    = MSE(image, f_k+s)
 
-Writes the encoder as float16 safetensors and, beside it, a JSON with its fingerprint, the
-generator's identity, the settings and the loss curve. Never run for real SD-Turbo (no
+Writes the encoder as float16 safetensors and, beside it, a JSON with its fingerprint, its
+shape, the generator's identity, the settings and the loss curve; ``promptus encode
+--initializer FILE`` starts fitting from it (and refuses it for any other generator). Never run for real SD-Turbo (no
 weights and no GPU where it was written); tested on mini and on the SD-Turbo architecture
 with random weights at 64 x 64 (tests/model/test_train_initializer.py).
 """
@@ -42,7 +43,7 @@ from train_builtin import TrainConfig, fake_quant, load_pool, sample_batch  # no
 from promptus_codec.fileio import atomic_path  # noqa: E402
 from promptus_codec.generate import noisy_latent, x0_from_prediction  # noqa: E402
 from promptus_codec.models.fingerprint import fingerprint_state_dict  # noqa: E402
-from promptus_codec.models.mini import MiniConfig, PromptEncoder  # noqa: E402
+from promptus_codec.models.mini import MiniConfig, PromptEncoder, generator_record  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,10 @@ def save(encoder: PromptEncoder, model, cfg: InitializerConfig, curve: list[dict
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in encoder.state_dict().items()}
-    identity = model.identity()
     record = dict(
         fingerprint=fingerprint_state_dict(state).hex(),
-        generator=dict(
-            name=identity.name, denoiser_sha256=identity.denoiser_sha256.hex(),
-            decoder_sha256=identity.decoder_sha256.hex(), encoder_sha256=identity.encoder_sha256.hex(),
-        ),
-        prompt_encoder=dict(max_rank=encoder.max_rank, tokens=encoder.tokens),
+        generator=generator_record(model.identity()),  # load_prompt_encoder_file refuses other generators
+        prompt_encoder=encoder.kwargs(),  # the shape, to rebuild it
         config=asdict(cfg), steps=len(curve), wall_s=round(wall, 1), torch=torch.__version__, loss_curve=curve,
     )
     with atomic_path(path) as tmp:

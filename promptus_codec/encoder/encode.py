@@ -257,13 +257,18 @@ class Encoder:
             # iterations and 1.8 dB at 100 (README, "Fitting"); amortized stays one flag away
             self.fit = replace(self.fit, init="warm")
         if self.fit.init == "amortized":
-            self.initializer, self.initializer_digest = load_initializer(model.spec.name, model.device)
+            self.initializer, self.initializer_digest = load_initializer(
+                spec.name, model.device, options.initializer_file, model.identity()
+            )
+        elif options.initializer_file is not None:
+            raise UsageError(f"--initializer is a start for --init amortized, not for --init {self.fit.init}")
         elif self.fit.init not in ("random", "uniform", "warm"):
             raise UsageError(f"unknown init {self.fit.init!r}: choose one of {', '.join(INITS)}")
 
     def settings(self) -> dict:
         """The EncoderSettings JSON without what pass 1 found (``scene_starts``): what a resume checks."""
         settings = self.options.settings(self.model.spec.name)
+        del settings["initializer_file"]  # where it lies is not what it is: "initializer" below is its fingerprint
         # What the encode started from changes its bytes, though not what a decoder needs.
         settings["fit"] = self.fit.to_json()  # with "auto" resolved to the start actually used
         settings["initializer"] = None if self.initializer_digest is None else self.initializer_digest.hex()

@@ -118,6 +118,8 @@ class EncodeOptions:
     latent_format: LatentFormat = LatentFormat.FLOAT16  # storage of scene latents
     perceptual: str = "lpips"  # lpips | vgg19 (the reference's) | none | lpips-random, vgg19-random (tests only)
     fit_overrides: tuple[tuple[str, object], ...] = ()  # FitConfig fields changed from the preset
+    initializer_file: str | None = None  # a prompt encoder from scripts/train_initializer.py for --init amortized;
+    #                                      None = the model's own. The settings record its fingerprint, not the path
     verify_record: bool = True  # a ReconThumbnail after each keyframe, so decode --verify can measure drift
 
     def fit_config(self) -> FitConfig:

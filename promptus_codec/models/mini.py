@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from promptus_codec.errors import ModelError
 from promptus_codec.models.base import ModelSpec
 from promptus_codec.models.tiny import sd_vae_kwargs
 
 if TYPE_CHECKING:
+    from promptus_codec.container.records import ModelIdentity
     from promptus_codec.models.device import Layout
     from promptus_codec.models.tiny import TinyModel
 
@@ -125,12 +127,68 @@ class PromptEncoder(nn.Module):
         self.to_mix = nn.Linear(width, max_rank * basis)
         self.basis = nn.Parameter(torch.randn(basis, prompt_dim) / math.sqrt(basis))
 
+    def kwargs(self) -> dict:
+        """The constructor arguments that rebuild this encoder's shape (written beside a trained one)."""
+        basis, prompt_dim = self.basis.shape
+        width = self.hidden[0].out_features
+        return dict(max_rank=self.max_rank, width=width, basis=basis, tokens=self.tokens, prompt_dim=prompt_dim)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) in [0, 1] -> U (B, 77, R), V (B, R, 1024), float32."""
         h = self.hidden(self.features(images * 2 - 1))  # (B, width)
         u = self.to_u(h).view(-1, self.tokens, self.max_rank)  # (B, 77, R)
         mix = self.to_mix(h).view(-1, self.max_rank, self.basis.shape[0])  # (B, R, basis)
         return u, mix @ self.basis  # (B, 77, R), (B, R, 1024)
+
+
+def generator_record(identity: "ModelIdentity") -> dict:
+    """How a trained prompt encoder's record names the generator it was trained for (JSON)."""
+    return dict(
+        name=identity.name,
+        denoiser_sha256=identity.denoiser_sha256.hex(),
+        decoder_sha256=identity.decoder_sha256.hex(),
+        encoder_sha256=identity.encoder_sha256.hex(),
+    )
+
+
+def load_prompt_encoder_file(
+    path: str | Path, generator: "ModelIdentity", device: "str | torch.device" = "cpu"
+) -> tuple[PromptEncoder, bytes]:
+    """A prompt encoder written by scripts/train_initializer.py (``path`` and ``path``.json), and its
+    fingerprint. Refused (ModelError) when the record is missing or does not match the file, or when
+    it was trained for another generator than ``generator``: its factors would start far off."""
+    import json
+
+    from promptus_codec.models.fingerprint import fingerprint_state_dict, read_safetensors
+
+    remedy = "; write one with scripts/train_initializer.py"
+    record_path = Path(f"{path}.json")
+    try:
+        record = json.loads(record_path.read_text())
+        shape, trained_for = record["prompt_encoder"], record["generator"]
+        expected = bytes.fromhex(record["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"initializer {path}: cannot read its record {record_path} ({exc}){remedy}") from None
+    stored = read_safetensors(path, remedy=remedy)
+    digest = fingerprint_state_dict(stored)
+    if digest != expected:
+        raise ModelError(
+            f"initializer {path}: its weights' fingerprint {digest.hex()[:16]}... is not the "
+            f"{expected.hex()[:16]}... its record states: the file is damaged or not the one trained"
+        )
+    wanted = generator_record(generator)
+    if trained_for != wanted:
+        raise ModelError(
+            f"initializer {path} was trained for the generator {trained_for.get('name')!r} "
+            f"(denoiser {str(trained_for.get('denoiser_sha256'))[:16]}...), not for these {generator.name} weights "
+            f"(denoiser {wanted['denoiser_sha256'][:16]}...){remedy} for them"
+        )
+    try:
+        encoder = PromptEncoder(**shape)
+        encoder.load_state_dict({k: t.float() for k, t in stored.items()})
+    except (TypeError, RuntimeError) as exc:
+        raise ModelError(f"initializer {path}: its tensors do not fit the shape its record states ({exc})") from None
+    return encoder.to(device).eval().requires_grad_(False), digest
 
 
 def load_mini(

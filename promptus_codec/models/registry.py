@@ -55,13 +55,20 @@ def load_model(
     return load_sd_turbo(device=device, dtype=dtype, **kwargs)
 
 
-def load_initializer(name: str, device: "str | torch.device" = "cpu"):
-    """Model ``name``'s amortised prompt encoder and its fingerprint, for ``--init amortized``.
+def load_initializer(name: str, device: "str | torch.device" = "cpu", file=None, generator=None):
+    """The amortised prompt encoder for ``--init amortized`` and its fingerprint.
 
-    Only ``mini`` ships one: it was trained with the model (scripts/train_builtin.py).
+    ``file``: one written by scripts/train_initializer.py (``--initializer``) for the weights whose
+    ModelIdentity is ``generator``; refused for any other. Without it, model ``name``'s own: only
+    ``mini`` ships one, trained with the model (scripts/train_builtin.py).
     """
-    if name not in INITIALIZER_MODELS:
-        raise ModelError(f"--init amortized needs a model with a trained prompt encoder (mini); {name!r} has none")
-    from promptus_codec.models.mini import load_prompt_encoder
+    from promptus_codec.models.mini import load_prompt_encoder, load_prompt_encoder_file
 
+    if file is not None:
+        return load_prompt_encoder_file(file, generator, device)
+    if name not in INITIALIZER_MODELS:
+        raise ModelError(
+            f"--init amortized needs a trained prompt encoder: {name!r} ships none; pass --initializer FILE "
+            "(scripts/train_initializer.py) or use mini"
+        )
     return load_prompt_encoder(device)

@@ -29,6 +29,7 @@ from promptus_codec.container.records import (
 from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe
 from promptus_codec.encoder.options import FitConfig
 from promptus_codec.generate import GenerationStep, initial_noise_tensor
+from promptus_codec.prompt import compose, dequantize
 
 from .streams import write_clip
 
@@ -74,6 +75,36 @@ def test_fitting_loss_falls(tiny_model):
     assert result.iterations == 60
     assert result.best_loss < 0.5 * result.initial_loss
     assert result.u.dtype == np.int8 and result.u.shape == (77, 4) and result.v.shape == (4, 1024)
+
+
+def test_l1_weight_pulls_the_fitted_prompt_towards_zero(tiny_model):
+    """The mean |c| term: with weight 1 the fitted prompt ends far smaller than without it.
+
+    Adam moves every entry ~lr a step whatever the gradient's scale, so 30 steps whose
+    gradient is dominated by sign(c) shrink the seeded N(0, 1) factors' product by far more
+    than the factor of 2 asserted; with weight 0 only the MSE moves them."""
+    generator = GenerationStep(tiny_model)
+    rng = np.random.default_rng(4)
+    target = torch.from_numpy(rng.uniform(0.2, 0.8, (1, 3, 64, 64)).astype(np.float32))
+    z_prev = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+    noise = initial_noise_tensor(tiny_model.spec.generation, (4, 8, 8))
+
+    def fitted_abs_prompt(l1_weight: float) -> float:
+        config = FitConfig(first_iterations=30, early_stop_patience=0, alpha=1.0, l1_weight=l1_weight, init="random")
+        r = fit_keyframe(generator, FitTask(target, z_prev, noise, 0, 4), config, PerceptualLoss(None))
+        u, v = dequantize(r.u, r.u_scale, r.u_zero_point), dequantize(r.v, r.v_scale, r.v_zero_point)
+        return float(np.abs(compose(u, v)).mean())
+
+    assert fitted_abs_prompt(1.0) < 0.5 * fitted_abs_prompt(0.0)
+
+
+def test_l1_weight_option_is_recorded(clip, tmp_path):
+    out = tmp_path / "o.prx"
+    result = encode(clip, "-o", out, "--rank", "2", "--interval", "30", "--size", "64x64", "--l1-weight", "0", *FAST)
+    assert result.exit_code == 0, result.output
+    settings = next(r for r in read_prx(out).records if isinstance(r, EncoderSettingsRecord)).settings
+    assert settings["fit"]["l1_weight"] == 0 and settings["fit_overrides"]["l1_weight"] == 0
+    assert encode(clip, "-o", tmp_path / "x.prx", "--l1-weight", "-1", *FAST).exit_code == 2  # refused, one line
 
 
 @pytest.mark.parametrize("target", [100, 225, 550])

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -72,3 +73,89 @@ def test_runs_on_the_sd_turbo_architecture_with_random_weights():
     curve = train(model, encoder, InitializerConfig(size=64, batch=1, steps=2), fixed_sampler(64, batch=1), log=None)
     assert len(curve) == 2 and all(torch.isfinite(torch.tensor(r["mse"])) for r in curve)
     assert any(not torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+def saved_initializer(model, path: Path) -> dict:
+    """An (untrained) prompt encoder for ``model``, written as scripts/train_initializer.py writes one."""
+    return save(encoder_for(model.spec), model, InitializerConfig(steps=0), [], 0.0, path)
+
+
+def test_encode_starts_from_a_trained_initializer_file(tmp_path):
+    """--initializer: fitting starts from that file's factors; the settings hold its fingerprint, not its path."""
+    from promptus_codec.encoder.encode import Encoder, frames_to_tensor
+    from promptus_codec.encoder.options import EncodeOptions
+    from promptus_codec.models.registry import load_model
+
+    model = load_model("tiny", device="cpu", dtype="fp32")
+    record = saved_initializer(model, tmp_path / "init.safetensors")
+    options = EncodeOptions(
+        perceptual="none", fit_overrides=(("init", "amortized"),), initializer_file=str(tmp_path / "init.safetensors")
+    )
+    encoder = Encoder(model, options)
+    settings = encoder.settings()
+    assert settings["initializer"] == record["fingerprint"] and "initializer_file" not in settings
+    frame = (np.random.default_rng(1).uniform(0, 1, (64, 64, 3)) * 255).astype(np.uint8)
+    start = encoder.start_for(frame, keyframe=0, rank=4, previous=None)
+    # the same module and float16-rounded weights on the same input in one process: the same floats
+    reference = encoder_for(model.spec)
+    reference.load_state_dict({k: v.half().float() for k, v in reference.state_dict().items()})
+    with torch.no_grad():
+        u, v = reference(frames_to_tensor([frame], "cpu"))
+    assert torch.equal(start.u, u[0, :, :4]) and torch.equal(start.v, v[0, :4])
+
+
+def test_an_initializer_file_is_refused_for_other_weights_or_when_damaged(tmp_path):
+    from promptus_codec.errors import ModelError
+    from promptus_codec.models.registry import load_initializer, load_model
+
+    tiny, mini = (load_model(name, device="cpu", dtype="fp32") for name in ("tiny", "mini"))
+    path = tmp_path / "init.safetensors"
+    saved_initializer(tiny, path)
+    assert (
+        load_initializer("tiny", file=path, generator=tiny.identity())[1].hex()
+        == json.loads(Path(f"{path}.json").read_text())["fingerprint"]
+    )
+    with pytest.raises(ModelError, match="trained for the generator 'tiny'"):
+        load_initializer("mini", file=path, generator=mini.identity())
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged"):
+        load_initializer("tiny", file=path, generator=tiny.identity())
+    Path(f"{path}.json").unlink()
+    with pytest.raises(ModelError, match="cannot read its record"):
+        load_initializer("tiny", file=path, generator=tiny.identity())
+
+
+def test_encode_cli_takes_an_initializer_and_refuses_it_with_another_init(tmp_path):
+    from click.testing import CliRunner
+
+    from promptus_codec.cli import main
+    from promptus_codec.container.reader import read_prx
+    from promptus_codec.container.records import EncoderSettingsRecord
+    from promptus_codec.models.registry import load_model
+
+    from .streams import write_clip
+
+    clip = tmp_path / "clip.y4m"
+    write_clip(clip, frames=8)
+    record = saved_initializer(load_model("tiny", device="cpu", dtype="fp32"), tmp_path / "init.safetensors")
+    common = ["encode", str(clip), "--model", "tiny", "--perceptual", "none", "--preset", "draft", "--rank", "2"]
+    common += [
+        "--interval",
+        "4",
+        "--iterations",
+        "2",
+        "--first-iterations",
+        "2",
+        "--initializer",
+        str(tmp_path / "init.safetensors"),
+        "-q",
+    ]
+    result = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "o.prx")])
+    assert result.exit_code == 0, result.output
+    settings = next(r for r in read_prx(tmp_path / "o.prx").records if isinstance(r, EncoderSettingsRecord)).settings
+    assert settings["initializer"] == record["fingerprint"] and settings["fit"]["init"] == "amortized"
+    refused = CliRunner().invoke(main, [*common, "--init", "random", "-o", str(tmp_path / "r.prx")])
+    assert refused.exit_code == 2 and "--initializer is a start for --init amortized" in refused.output
+    assert not (tmp_path / "r.prx").exists()
