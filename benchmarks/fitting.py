@@ -138,7 +138,7 @@ def main() -> int:
                 config = replace(config, early_stop_patience=args.patience)
             config = replace(config, **dict(args.overrides))
             if args.keyframe == "first":
-                index, targets, z_prev, prev = 0, frames[:1], scene_latent(base.scene_latent), None
+                index, targets, z_prev, prev = 0, frames[:1], scene_latent(config.scene_latent), None
             else:
                 index, targets, z_prev, prev = args.interval, frames[1:], z_prev_later, previous
             start = amortized(index) if init == "amortized" else prev if init == "warm" else None
