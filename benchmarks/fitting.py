@@ -186,7 +186,7 @@ def plot(rows: list[dict], meta: dict, path: str) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     reference = [r for r in rows if r["preset"] == "reference"]
     for name in dict.fromkeys(r["preset"] for r in rows):
-        mine = [r for r in rows if r["preset"] == name]
+        mine = sorted((r for r in rows if r["preset"] == name), key=lambda r: r["unet_passes"])
         for ax, key in zip(axes, ("unet_passes", "wall_s")):
             ax.plot([r[key] for r in mine], [r["keyframe_psnr_y"] for r in mine], marker="o", label=name)
     if reference:

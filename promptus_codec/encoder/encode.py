@@ -253,8 +253,8 @@ class Encoder:
         from promptus_codec.models.registry import load_initializer
 
         if self.fit.init == "auto":
-            # warm, even where a prompt encoder exists: mini's starts 2.4 dB worse than a random one at 30
-            # iterations and 1.8 dB at 100 (README, "Fitting"); amortized stays one flag away
+            # warm, even where a prompt encoder exists: mini's is a worse start than a random one at every
+            # budget measured (README, "Fitting"); amortized stays one flag away
             self.fit = replace(self.fit, init="warm")
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(
