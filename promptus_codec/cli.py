@@ -167,7 +167,7 @@ def import_legacy(folder, output, fps, model_name):
     default=FitConfig.init,
     show_default=True,
     help="Where fitting starts: the model's prompt encoder (amortized; mini has one), the previous keyframe (warm), "
-    "or random. auto: warm (mini's prompt encoder is not yet a better start at small budgets).",
+    "or random. auto: warm (mini's prompt encoder is not yet a better start at any budget measured).",
 )
 @click.option(
     "--initializer",

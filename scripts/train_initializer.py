@@ -16,9 +16,9 @@ scripts/train_builtin.py (whose data pipeline this reuses, with the same license
 
 Writes the encoder as float16 safetensors and, beside it, a JSON with its fingerprint, its
 shape, the generator's identity, the settings and the loss curve; ``promptus encode
---initializer FILE`` starts fitting from it (and refuses it for any other generator). Never run for real SD-Turbo (no
-weights and no GPU where it was written); tested on mini and on the SD-Turbo architecture
-with random weights at 64 x 64 (tests/model/test_train_initializer.py).
+--initializer FILE`` starts fitting from it (and refuses it for any other generator). Never
+run for real SD-Turbo (no weights and no GPU where it was written); tested on mini and on the
+SD-Turbo architecture with random weights at 64 x 64 (tests/model/test_train_initializer.py).
 """
 
 from __future__ import annotations
