@@ -62,18 +62,25 @@ def clip(tmp_path_factory):
 
 
 def test_fitting_loss_falls(tiny_model):
-    """Fitting one keyframe alone from a scene latent: the loss ends far below its start."""
+    """Fitting one keyframe alone from a scene latent towards a picture the model itself draws from
+    a rank-4 prompt (so the target is reachable): the MSE ends far below its start.
+
+    Measured: 6% of the first loss after 60 iterations. A last-bit difference between CPUs cannot
+    turn that into the 20% asserted; a fit that does not descend stays near 100%."""
     generator = GenerationStep(tiny_model)
     rng = np.random.default_rng(3)
-    target = torch.from_numpy(rng.uniform(0.2, 0.8, (1, 3, 64, 64)).astype(np.float32))
     z_prev = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
     noise = initial_noise_tensor(tiny_model.spec.generation, (4, 8, 8))
+    seeded = torch.Generator().manual_seed(99)
+    hidden_prompt = compose(torch.randn(77, 4, generator=seeded), torch.randn(4, 1024, generator=seeded))
+    with torch.no_grad():
+        _, target = generator(z_prev, noise, hidden_prompt[None])  # (1, 3, 64, 64)
     config = FitConfig(first_iterations=60, early_stop_patience=0, alpha=1.0)
     result = fit_keyframe(
-        generator, FitTask(target, z_prev, noise, frame_index=0, rank=4), config, PerceptualLoss(None)
+        generator, FitTask(target.float(), z_prev, noise, frame_index=0, rank=4), config, PerceptualLoss(None)
     )
     assert result.iterations == 60
-    assert result.best_loss < 0.5 * result.initial_loss
+    assert result.best_loss < 0.2 * result.initial_loss
     assert result.u.dtype == np.int8 and result.u.shape == (77, 4) and result.v.shape == (4, 1024)
 
 
