@@ -60,8 +60,10 @@ def field_override(text: str) -> tuple[str, object]:
     if field not in defaults or not value:
         raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
     default = defaults[field]
-    if isinstance(default, bool) or default is None or isinstance(default, str):
-        return field, value if isinstance(default, str) else json.loads(value)
+    if isinstance(default, str):
+        return field, value
+    if default is None or isinstance(default, bool):  # "25", "true": JSON says which type
+        return field, json.loads(value)
     return field, type(default)(value)
 
 

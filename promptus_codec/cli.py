@@ -311,10 +311,8 @@ def encode(
     from promptus_codec.metrics.perceptual import resolve_perceptual
 
     check_paths(input, output, recon)  # before any work: a missing input or folder, or the input itself
-    if initializer_file is not None:
-        if init not in ("auto", "amortized") or no_warm_start:
-            raise click.UsageError("--initializer is a start for --init amortized; drop --init or --no-warm-start")
-        init = "amortized"
+    if initializer_file is not None and (init not in ("auto", "amortized") or no_warm_start):
+        raise click.UsageError("--initializer is a start for --init amortized; drop --init or --no-warm-start")
     overrides = {
         "iterations": iterations,
         "first_iterations": first_iterations,

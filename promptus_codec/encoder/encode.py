@@ -254,8 +254,8 @@ class Encoder:
 
         if self.fit.init == "auto":
             # warm, even where a prompt encoder exists: mini's is a worse start than a random one at every
-            # budget measured (README, "Fitting"); amortized stays one flag away
-            self.fit = replace(self.fit, init="warm")
+            # budget measured (README, "Fitting"); amortized stays one flag away, or comes with --initializer
+            self.fit = replace(self.fit, init="amortized" if options.initializer_file else "warm")
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(
                 spec.name, model.device, options.initializer_file, model.identity()
@@ -268,7 +268,6 @@ class Encoder:
     def settings(self) -> dict:
         """The EncoderSettings JSON without what pass 1 found (``scene_starts``): what a resume checks."""
         settings = self.options.settings(self.model.spec.name)
-        del settings["initializer_file"]  # where it lies is not what it is: "initializer" below is its fingerprint
         # What the encode started from changes its bytes, though not what a decoder needs.
         settings["fit"] = self.fit.to_json()  # with "auto" resolved to the start actually used
         settings["initializer"] = None if self.initializer_digest is None else self.initializer_digest.hex()

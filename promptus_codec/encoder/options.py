@@ -131,6 +131,7 @@ class EncodeOptions:
     def settings(self, model_name: str) -> dict:
         """The JSON object stored in the EncoderSettings record."""
         d = asdict(self)
+        del d["initializer_file"]  # where it lies is not what it is: the Encoder records its fingerprint
         d.update(
             fps=None if self.fps is None else f"{self.fps.numerator}/{self.fps.denominator}",
             latent_format=self.latent_format.name.lower(),
