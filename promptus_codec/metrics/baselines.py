@@ -25,6 +25,10 @@ from promptus_codec.errors import MediaError, require
 
 X265_PRESET = "medium"  # x265's own default
 VVENC_PRESET = "medium"  # libvvenc's own default
+# libvvenc's worker threads spin-wait; on this project's 2-core VMs a threaded encode was seen
+# to livelock (main thread stuck in munmap, workers spinning) and hang CI for 90 minutes.
+# One thread cannot race, and its output does not depend on scheduling.
+VVENC_THREADS = 1
 SVTAV1_PRESET = 8  # SVT-AV1's own default
 
 
@@ -133,6 +137,8 @@ def encode_vvenc(y4m: Path, output: Path, kbps: float, preset: str = VVENC_PRESE
         str(y4m),
         "-c:v",
         "libvvenc",
+        "-threads",
+        str(VVENC_THREADS),
         "-preset",
         preset,
         "-b:v",
