@@ -35,6 +35,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -117,12 +118,21 @@ class TrainConfig:
 # ---------------------------------------------------------------------------
 
 
+DATA_ROOT_VARIABLE = "PROMPTUS_TRAINING_DATA"  # a folder of PACKAGE/RELATIVE copies, for machines without the wheels
+
+
 def source_path(package: str, relative: str) -> Path:
-    """A file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise SystemExit(f"training data: package {package!r} is missing; run pip install -e '.[train]'")
-    path = Path(spec.origin).parent / relative
+    """A file inside an installed package (found without importing it), or under $PROMPTUS_TRAINING_DATA.
+
+    Either way its SHA-256 must be the one DATA.md lists.
+    """
+    if os.environ.get(DATA_ROOT_VARIABLE):
+        path = Path(os.environ[DATA_ROOT_VARIABLE]) / package / relative
+    else:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise SystemExit(f"training data: package {package!r} is missing; run pip install -e '.[train]'")
+        path = Path(spec.origin).parent / relative
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     key = f"{package}/{relative}"
     if digest != SHA256[key]:
@@ -131,14 +141,37 @@ def source_path(package: str, relative: str) -> Path:
 
 
 def _decode(path: Path) -> list[torch.Tensor]:
-    """Every frame of an image or video file as (3, H, W) float32 in [0, 1]."""
-    import av
+    """Every frame of an image or video file as (3, H, W) float32 in [0, 1].
+
+    PyAV (the media extra); OpenCV where PyAV is missing (the lent GPU machines). On these
+    sources the two gave the same pixels except in retina.jpg (JPEG decoders, up to 5 levels).
+    """
+    try:
+        import av
+    except ImportError:
+        return _decode_with_opencv(path)
 
     frames = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)  # (3, H, W) uint8
             frames.append(rgb.float() / 255)
+    return frames
+
+
+def _decode_with_opencv(path: Path) -> list[torch.Tensor]:
+    import cv2
+
+    frames, capture = [], cv2.VideoCapture(str(path))
+    while True:
+        ok, bgr = capture.read()  # (H, W, 3) uint8; a still is a one-frame video
+        if not ok:
+            break
+        rgb = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1)
+        frames.append(rgb.float() / 255)
+    capture.release()
+    if not frames:
+        raise SystemExit(f"training data: OpenCV could not read {path}")
     return frames
 
 
