@@ -159,3 +159,37 @@ def test_encode_cli_takes_an_initializer_and_refuses_it_with_another_init(tmp_pa
     refused = CliRunner().invoke(main, [*common, "--init", "random", "-o", str(tmp_path / "r.prx")])
     assert refused.exit_code == 2 and "--initializer is a start for --init amortized" in refused.output
     assert not (tmp_path / "r.prx").exists()
+
+
+def _train_builtin():
+    import train_builtin  # scripts/ is on sys.path above
+
+    return train_builtin
+
+
+def test_training_sources_may_come_from_a_folder_and_are_still_checked(tmp_path, monkeypatch):
+    """$PROMPTUS_TRAINING_DATA: PACKAGE/RELATIVE copies (how the lent GPU machines get the sources)."""
+    module = _train_builtin()
+    copy = tmp_path / "skimage" / "data" / "camera.png"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"a stand-in for the picture")
+    digest = __import__("hashlib").sha256(copy.read_bytes()).hexdigest()
+    monkeypatch.setitem(module.SHA256, "skimage/data/camera.png", digest)
+    monkeypatch.setenv(module.DATA_ROOT_VARIABLE, str(tmp_path))
+    assert module.source_path("skimage", "data/camera.png") == copy
+    copy.write_bytes(b"another picture")
+    with pytest.raises(SystemExit, match="refusing"):
+        module.source_path("skimage", "data/camera.png")
+
+
+def test_opencv_decodes_a_png_as_pyav_does(tmp_path):
+    """The fallback decoder where PyAV is missing: same pixels on a lossless still."""
+    pytest.importorskip("av")
+    cv2 = pytest.importorskip("cv2")
+    module = _train_builtin()
+    rgb = np.random.default_rng(5).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    path = tmp_path / "still.png"
+    assert cv2.imwrite(str(path), rgb[..., ::-1])  # OpenCV writes BGR
+    (pyav,), (opencv,) = module._decode(path), module._decode_with_opencv(path)
+    assert pyav.shape == (3, 24, 40) and torch.equal(pyav, opencv)
+    assert torch.equal((pyav * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(rgb))

@@ -1,9 +1,11 @@
 """ReconThumbnail records from the encoder and `promptus decode --verify` on the tiny model.
 
 The encoder writes one ReconThumbnail after each keyframe; decode --verify recomputes them from
-its own frames. A decode with the encoder's torch build matches exactly (100 dB); a perturbed one
-(another noise seed, or a runtime whose pictures are a few levels off) fails with exit status 3
-after writing every frame.
+its own frames. A decode with the encoder's torch build matches to within one level: exactly on
+the AMD Zen machines of this project; on an Intel Xeon with AMX, exactly with the decoder at one
+torch thread and by 1 level (keyframes 0 and 6) at two, whatever --batch.
+A perturbed decode (another noise seed, or a runtime whose pictures are a few levels off) fails
+with exit status 3 after writing every frame.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from .streams import FAST_ENCODE as FAST  # noqa: E402
 from .streams import write_clip  # noqa: E402
 
 KEYFRAMES = [0, 6, 12, 18, 19]  # 20 frames at --interval 6
+
+# The same float32 arithmetic in another summation order differs by a few ulps, far below half a
+# level after the decoder (x0's 1/0.068 gain included), so a pixel can only round the other way:
+# one level at most, and a thumbnail (a mean of pixels, rounded) likewise.
+SAME_ARITHMETIC_LEVELS = 1
 
 
 def run(*args):
@@ -59,7 +66,8 @@ def test_encoder_writes_the_thumbnail_of_its_own_reconstruction(encoded):
     assert len(frames) == 20
     for t in thumbnails:
         assert t.luma.shape == (16, 16)
-        assert np.array_equal(t.luma, luma_thumbnail(frames[t.frame_index]))
+        ours = luma_thumbnail(frames[t.frame_index]).astype(int)
+        assert np.abs(t.luma.astype(int) - ours).max() <= SAME_ARITHMETIC_LEVELS
 
 
 def test_verify_of_a_faithful_decode(encoded, tmp_path):
@@ -68,7 +76,7 @@ def test_verify_of_a_faithful_decode(encoded, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("verify: keyframe")]
     assert [int(line.split()[2]) for line in lines] == KEYFRAMES
-    assert all("100.00 dB  (identical)" in line for line in lines)
+    assert all("(identical)" in line or "(max 1 level)" in line for line in lines), lines  # SAME_ARITHMETIC_LEVELS
     assert "verify: OK: 5 keyframes match the encoder's reconstruction" in result.output
 
 
