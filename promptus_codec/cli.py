@@ -27,7 +27,15 @@ from promptus_codec.container.records import LatentFormat
 from promptus_codec.decoder.driver import DEFAULT_MAX_BATCH
 from promptus_codec.decoder.runtimes import BACKENDS
 from promptus_codec.decoder.verify import VERIFY_MIN_PSNR_DB
-from promptus_codec.encoder.options import FIT_MODES, INITS, PERCEPTUAL_LOSSES, PRESETS, EncodeOptions, FitConfig
+from promptus_codec.encoder.options import (
+    DEFAULT_THREADS,
+    FIT_MODES,
+    INITS,
+    PERCEPTUAL_LOSSES,
+    PRESETS,
+    EncodeOptions,
+    FitConfig,
+)
 from promptus_codec.encoder.scenes import DEFAULT_THRESHOLDS, DETECTORS
 from promptus_codec.errors import PrxError
 
@@ -251,7 +259,7 @@ def import_legacy(folder, output, fps, model_name):
 @click.option(
     "--threads",
     type=int,
-    default=1,
+    default=DEFAULT_THREADS,
     show_default=True,
     help="torch threads per chunk. Part of the settings: the thread count changes float results, "
     "so every worker and a resume use the plan's.",

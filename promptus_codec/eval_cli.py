@@ -24,7 +24,7 @@ from promptus_codec.cli_options import (
     quiet_option,
     weights_option,
 )
-from promptus_codec.encoder.options import FIT_MODES, PERCEPTUAL_LOSSES, PRESETS, EncodeOptions
+from promptus_codec.encoder.options import DEFAULT_THREADS, FIT_MODES, PERCEPTUAL_LOSSES, PRESETS, EncodeOptions
 
 
 def _one_line_errors(callback):
@@ -120,6 +120,13 @@ def eval_command(source, decoded, fit, frame_tolerance, json_path, csv_path, dev
 @click.option(
     "--baselines", default="x265,vvenc", show_default=True, help="Classic codecs, comma-separated: x265, vvenc, svtav1."
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=DEFAULT_THREADS,
+    show_default=True,
+    help="torch threads of each Promptus encode; as with `promptus encode --threads`, they change its bytes.",
+)
 @click.option("-o", "--outdir", default=None, help="Output folder (default: compare-<source name>).")
 @click.option("--keep-streams", is_flag=True, help="Also copy every coded stream into OUTDIR/streams/.")
 @device_option
@@ -139,6 +146,7 @@ def compare_command(
     fit_mode,
     fps,
     baselines,
+    threads,
     outdir,
     keep_streams,
     device,
@@ -175,6 +183,7 @@ def compare_command(
         device=device,
         dtype=dtype,
         keep_streams=keep_streams,
+        threads=threads,
     )
     outdir = outdir or f"compare-{Path(source).stem}"
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))

@@ -13,6 +13,10 @@ from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.scenes import DEFAULT_DETECTOR
 from promptus_codec.errors import UsageError
 
+# torch threads per encode (chunk) unless told: the thread count changes a fit's float results, so
+# `promptus encode` and `promptus compare` share one default and write the same bytes.
+DEFAULT_THREADS = 1
+
 INITS = (
     "auto",
     "random",

@@ -26,6 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
+from promptus_codec.encoder.options import DEFAULT_THREADS
 from promptus_codec.errors import UsageError
 from promptus_codec.metrics.baselines import BASELINES, achieved_kbps, encode_baseline
 from promptus_codec.metrics.bdrate import bd_rate
@@ -66,6 +67,7 @@ class CompareOptions:
     device: str = "auto"
     dtype: str = "auto"
     keep_streams: bool = False  # copy every coded stream into OUTDIR/streams/
+    threads: int = DEFAULT_THREADS  # torch threads of each Promptus encode, as `promptus encode --threads`
 
 
 @dataclass
@@ -168,7 +170,8 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
         for target in options.bitrates_kbps:
             log(f"target {target:g} kb/s")
             prx = work / f"promptus-{target:g}k.prx"
-            Encoder(model, replace(encode_options, target_kbps=target)).encode(video, prx, analysis)
+            encoder = Encoder(model, replace(encode_options, target_kbps=target), threads=options.threads)
+            encoder.encode(video, prx, analysis)
             source_mid, promptus_mid = score("promptus", target, prx, _promptus_frames(prx, model))
             achieved = rows[-1]["achieved_kbps"]
             panels = [("source", source_mid), (f"promptus {achieved:.1f} kb/s", promptus_mid)]
@@ -195,6 +198,7 @@ def run_compare(source: str, outdir: str, options: CompareOptions, log: Callable
         "fit_overrides": dict(options.fit_overrides),
         "perceptual": perceptual,
         "fit": options.fit_mode,
+        "threads": options.threads,
         "coded_size": [analysis.coded_width, analysis.coded_height],
         "frames": frames,
         "frame_rate": f"{rate.numerator}/{rate.denominator}",

@@ -40,6 +40,7 @@ def test_compare_writes_table_plot_and_strips(tmp_path, monkeypatch):
     rows = document["rows"]
     assert [(r["codec"], r["target_kbps"]) for r in rows][:3] == [("promptus", 40.0), ("x265", 40.0), ("vvenc", 40.0)]
     assert len(rows) == 6 and document["coded_size"] == [64, 64] and document["frames"] == 30
+    assert document["threads"] == 1  # promptus encode's default, so its rows are that command's bytes
     streams = {p.suffix: p for p in (out / "streams").iterdir()}
     assert set(streams) == {".prx", ".hevc", ".266"}
     for r in rows:
