@@ -216,6 +216,12 @@ def fit_keyframe(
                 mse = ((images.detach() - target) ** 2).flatten(1).mean(1).clamp(min=1e-12)  # (B,) on [0, 1]
                 for i, db in zip(batch, (-10 * torch.log10(mse)).tolist()):
                     frame_psnr[i] = db
+        # One window is the whole interval, and its loss is the score. With several, windows of
+        # other frames must not be compared: the score is each frame's loss at its latest visit,
+        # averaged, plus this iterate's regularisers (infinite until every frame has been seen).
+        if windows > 1:
+            regularisers = value - per_frame.detach().float().mean().item()
+            value = float(frame_losses.mean()) + regularisers if torch.isfinite(frame_losses).all() else math.inf
         if initial is None:
             initial = value
         if best is None or value < best.best_loss * (1 - config.min_improvement):
@@ -245,7 +251,8 @@ def fit_keyframe(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step(value)
+        if math.isfinite(value):
+            scheduler.step(value)
 
     return replace(best, iterations=step + 1)
 
