@@ -141,7 +141,12 @@ def import_legacy(folder, output, fps, model_name):
     show_default=True,
     help="Fitting effort.",
 )
-@click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    help="Override the preset: iterations per keyframe (fast: sweeps over its interval, a step per frame).",
+)
 @click.option(
     "--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe."
 )

@@ -103,7 +103,12 @@ def eval_command(source, decoded, fit, frame_tolerance, json_path, csv_path, dev
     show_default=True,
     help="Promptus fitting effort.",
 )
-@click.option("--iterations", type=int, default=None, help="Override the preset: iterations per keyframe.")
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    help="Override the preset: iterations per keyframe (fast: sweeps over its interval, a step per frame).",
+)
 @click.option(
     "--first-iterations", type=int, default=None, help="Override the preset: iterations for a scene's first keyframe."
 )

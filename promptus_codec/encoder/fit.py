@@ -179,14 +179,16 @@ def fit_keyframe(
     best, initial = None, None
     since_best = 0
     total_iterations = config.first_iterations if previous is None else config.iterations
-    windows = math.ceil(frames / config.max_batch)
+    window = 1 if config.frame_steps else config.max_batch
+    windows = math.ceil(frames / window)
+    total_steps = max(total_iterations, 1) * (windows if config.frame_steps else 1)  # frame steps: sweeps
 
-    for step in range(max(total_iterations, 1)):
+    for step in range(total_steps):
         if best is not None and not (torch.isfinite(u).all() and torch.isfinite(v).all()):
             break  # the iterate diverged (reduced precision): keep the best one so far
         # A window of the interval, plus the worst frame of the previous pass visited again.
-        start = (step % windows) * config.max_batch
-        batch = list(range(start, min(start + config.max_batch, frames)))
+        start = (step % windows) * window
+        batch = list(range(start, min(start + window, frames)))
         worst = int(torch.argmax(frame_losses)) if torch.isfinite(frame_losses).all() else None
         if worst is not None and frames > 1:
             batch.append(worst)
@@ -246,7 +248,7 @@ def fit_keyframe(
             break
         if config.target_psnr is not None and since_best == 0 and float(frame_psnr.min()) >= config.target_psnr:
             break  # the best iterate is good enough on every frame
-        if step + 1 == total_iterations:
+        if step + 1 == total_steps:
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

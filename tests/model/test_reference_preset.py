@@ -277,7 +277,7 @@ def test_an_interval_in_windows_keeps_the_iterate_best_on_every_frame(tiny_model
     frame's latest loss, not on whichever window came last (windows of easy frames won before)."""
     task = task_for(tiny_model, 4, previous=True)
     config = replace(PRESETS["fast"], iterations=12, early_stop_patience=0, init="random", max_batch=2,
-                     l1_weight=0.0, temporal_beta=0.0)  # fmt: skip
+                     frame_steps=False, l1_weight=0.0, temporal_beta=0.0)  # fmt: skip
     scores = []
     result = fit_keyframe(GenerationStep(tiny_model), task, config, PerceptualLoss(None),
                           on_step=lambda step, score, best: scores.append(score))  # fmt: skip
@@ -285,6 +285,20 @@ def test_an_interval_in_windows_keeps_the_iterate_best_on_every_frame(tiny_model
     # the score is a float32 mean of the frame losses the result holds; float64 re-summing differs ~1e-7
     assert result.best_loss == pytest.approx(sum(result.frame_losses) / 4, rel=1e-6)
     assert result.best_loss == min(scores)
+
+
+def test_frame_steps_take_one_adam_step_per_frame_beside_the_worst(tiny_model, monkeypatch):
+    """fast's procedure: an iteration is a sweep, one step per frame, each with the worst frame."""
+    steps = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
+    config = replace(PRESETS["fast"], iterations=3, init="random")
+    assert config.frame_steps
+    counting = CountingStep(GenerationStep(tiny_model))
+    result = fit_keyframe(counting, task_for(tiny_model, 4, previous=True), config, PerceptualLoss(None))
+    assert result.iterations == 3 * 4 and len(steps) == 3 * 4 - 1  # no step after the last evaluation
+    assert counting.calls == [1] * 4 + [2] * 8  # the worst frame joins once every frame has a loss
+    first = fit_keyframe(counting, task_for(tiny_model, 1, previous=False), config, PerceptualLoss(None))
+    assert first.iterations == config.first_iterations  # one frame: a sweep is one step
 
 
 def test_target_psnr_from_the_command_line_is_recorded_and_used(tmp_path):
