@@ -36,7 +36,8 @@ def one_round(generator: GenerationStep, size: int, interval: int, iterations: i
     noise = initial_noise_tensor(generator.constants, (generator.latent_channels, h, h))
     m, n = generator.prompt_shape
     previous = Factors(0, torch.randn(m, rank, generator=g), torch.randn(rank, n, generator=g))
-    config = replace(PRESETS["fast"], iterations=iterations, early_stop_patience=0)
+    # one batched step over the interval, as the README's 1.93x was measured (fast now steps per frame)
+    config = replace(PRESETS["fast"], iterations=iterations, early_stop_patience=0, frame_steps=False)
     started = time.perf_counter()
     task = FitTask(targets, z_prev, noise, frame_index=interval, rank=rank, previous=previous)
     result = fit_keyframe(generator, task, config, PerceptualLoss(None))
