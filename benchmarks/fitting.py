@@ -12,8 +12,9 @@ longer run), then its stored factors are decoded and scored:
     --keyframe later   frame 10 through frames 1..10, after a keyframe 0 fitted once with fast
 
 A "UNet pass" is one frame through the generator forward and backward: the reference's
-procedure spends K + 2 an iteration on a later keyframe (one Adam step each), ours K + 1 in
-one batched step; both spend 1 on a first keyframe. "+amortized" starts from the model's
+procedure spends K + 2 an iteration on a later keyframe (one Adam step each), fast about 2K
+(a step per frame, each beside the worst frame), slow, paper and draft K + 1 in one batched
+step; all spend 1 on a first keyframe. "+amortized" starts from the model's
 prompt encoder (mini only), "+warm" from the previous keyframe's factors (later only). The
 perceptual terms need backbone weights this machine does not have, so every preset runs
 with --perceptual none: alpha still weighs the MSE. ``--set l1_weight=0.025`` changes a
