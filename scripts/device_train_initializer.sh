@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The run that trained mini's shipped initializer on a lent H200 (the device tool; README,
-# "Fast fitting"). Run from the repository root on a machine with CUDA torch, where .whl/ holds
+# A prepared run of train_initializer.py for mini on a lent GPU machine (README, "Fitting: the
+# reference's procedure against ours"). It has never run: the one machine lent was refused at the
+# first call. Run from the repository root on a machine with CUDA torch, where .whl/ holds
 # the wheels it lacks (diffusers, construct, importlib_metadata) and .train-data/ holds copies of
 # the training sources as PACKAGE/RELATIVE (scripts/DATA.md; their SHA-256s are checked).
 #
