@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -173,7 +174,7 @@ def test_training_sources_may_come_from_a_folder_and_are_still_checked(tmp_path,
     copy = tmp_path / "skimage" / "data" / "camera.png"
     copy.parent.mkdir(parents=True)
     copy.write_bytes(b"a stand-in for the picture")
-    digest = __import__("hashlib").sha256(copy.read_bytes()).hexdigest()
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
     monkeypatch.setitem(module.SHA256, "skimage/data/camera.png", digest)
     monkeypatch.setenv(module.DATA_ROOT_VARIABLE, str(tmp_path))
     assert module.source_path("skimage", "data/camera.png") == copy
