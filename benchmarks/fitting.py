@@ -15,7 +15,8 @@ A "UNet pass" is one frame through the generator forward and backward: the refer
 procedure spends K + 2 an iteration on a later keyframe (one Adam step each), fast about 2K
 (a step per frame, each beside the worst frame), slow, paper and draft K + 1 in one batched
 step; all spend 1 on a first keyframe. "+amortized" starts from the model's
-prompt encoder (mini only), "+warm" from the previous keyframe's factors (later only). The
+prompt encoder (mini's, or --initializer FILE), "+warm" from the previous keyframe's factors
+(later only). The
 perceptual terms need backbone weights this machine does not have, so every preset runs
 with --perceptual none: alpha still weighs the MSE. ``--set l1_weight=0.025`` changes a
 FitConfig field in every preset named (an ablation); the rows' names say so.
@@ -90,6 +91,10 @@ def main() -> int:
         "--set", dest="overrides", action="append", default=[], type=field_override, metavar="FIELD=VALUE",
         help="change a FitConfig field in every preset, e.g. l1_weight=0 (repeatable)",
     )
+    parser.add_argument(
+        "--initializer", default=None, metavar="FILE",
+        help="+amortized starts from this prompt encoder (scripts/train_initializer.py) instead of the model's own",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
@@ -101,7 +106,9 @@ def main() -> int:
     frames = load_frames(args.clip, args.size, args.interval + 1)  # (K + 1, S, S, 3)
     latent_shape = (model.spec.latent_channels, args.size // 8, args.size // 8)
     noise = initial_noise_tensor(model.spec.generation, latent_shape)
-    initializer = load_initializer(args.model)[0] if args.model in INITIALIZER_MODELS else None
+    initializer = None
+    if args.initializer or args.model in INITIALIZER_MODELS:
+        initializer = load_initializer(args.model, model.identity(), file=args.initializer)[0]
 
     def scene_latent(rule: str) -> torch.Tensor:
         sample = torch.Generator().manual_seed(0 * 1_000_003 + 0) if rule == "sample" else None

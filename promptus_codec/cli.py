@@ -179,8 +179,9 @@ def import_legacy(folder, output, fps, model_name):
     type=click.Choice(INITS),
     default=FitConfig.init,
     show_default=True,
-    help="Where fitting starts: the model's prompt encoder (amortized; mini has one), the previous keyframe (warm), "
-    "or random. auto: warm (mini's prompt encoder is not yet a better start at any budget measured).",
+    help="Where fitting starts. A scene's first keyframe: the model's prompt encoder (amortized; mini ships one) or "
+    "random factors (warm, random); later keyframes: the previous keyframe's factors (amortized, warm) or random. "
+    "auto: amortized where there is a prompt encoder, else warm.",
 )
 @click.option(
     "--initializer",

@@ -56,6 +56,8 @@ class InitializerConfig:
     lr_floor: float = 0.05  # fraction of lr at the last step
     min_rank: int = 4
     grad_clip: float = 1.0
+    unit_factors: bool = True  # factors at RMS 1, where fitting's Adam steps are sized (PromptEncoder's docstring)
+    threads: int = 1  # torch threads; the float results, and so the weights, depend on it
 
 
 def generate(model, z_prev: torch.Tensor, noise: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
@@ -134,18 +136,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=InitializerConfig.steps)
     parser.add_argument("--lr", type=float, default=InitializerConfig.lr)
     parser.add_argument("--seed", type=int, default=InitializerConfig.seed)
+    parser.add_argument("--threads", type=int, default=InitializerConfig.threads)
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
     args = parser.parse_args()
 
     from promptus_codec.models.registry import load_model
 
-    cfg = InitializerConfig(seed=args.seed, size=args.size, batch=args.batch, steps=args.steps, lr=args.lr)
+    cfg = InitializerConfig(
+        seed=args.seed, size=args.size, batch=args.batch, steps=args.steps, lr=args.lr, threads=args.threads
+    )
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = load_model(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     for network in (model.unet, model.vae, model.taesd):
         network.requires_grad_(False)
     spec = model.spec
-    kwargs = MiniConfig().prompt_encoder_kwargs() | dict(tokens=spec.prompt_tokens, prompt_dim=spec.prompt_dim)
+    kwargs = MiniConfig().prompt_encoder_kwargs() | dict(
+        tokens=spec.prompt_tokens, prompt_dim=spec.prompt_dim, unit_factors=cfg.unit_factors
+    )
     encoder = PromptEncoder(**kwargs)
     stills, clip = load_pool()
     sampling = TrainConfig(seed=cfg.seed, size=cfg.size, batch=cfg.batch)

@@ -250,15 +250,16 @@ class Encoder:
         self.threads = torch.get_num_threads() if threads is None else threads
         self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
         self.initializer, self.initializer_digest = None, None
-        from promptus_codec.models.registry import load_initializer
+        from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer
 
         if self.fit.init == "auto":
-            # warm, even where a prompt encoder exists: mini's is a worse start than a random one at every
-            # budget measured (README, "Fitting"); amortized stays one flag away, or comes with --initializer
-            self.fit = replace(self.fit, init="amortized" if options.initializer_file else "warm")
+            # A prompt encoder is a better start for a scene's first keyframe than random factors (mini's,
+            # README "Fitting"), so auto takes one wherever there is one; without, warm.
+            amortized = options.initializer_file is not None or spec.name in INITIALIZER_MODELS
+            self.fit = replace(self.fit, init="amortized" if amortized else "warm")
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(
-                spec.name, model.device, options.initializer_file, model.identity()
+                spec.name, model.identity(), model.device, options.initializer_file
             )
         elif options.initializer_file is not None:
             raise UsageError(f"--initializer is a start for --init amortized, not for --init {self.fit.init}")
@@ -302,16 +303,19 @@ class Encoder:
         return header, EncoderSettingsRecord(settings), rate
 
     def start_for(self, frame: np.ndarray, keyframe: int, rank: int, previous: Factors | None) -> Factors | None:
-        """Where fitting keyframe ``keyframe`` starts: the prompt encoder's factors for its (H, W, 3)
-        ``frame`` (amortized), the previous keyframe's (warm), or None (seeded random or uniform)."""
+        """Where fitting keyframe ``keyframe`` starts, or None for seeded factors (random, uniform).
+
+        warm and amortized both start a later keyframe from the previous keyframe's factors: the
+        decoder interpolates U and V separately, so neighbours must share a basis, and a warm start
+        is the better one there (README, "Fitting"). A scene's first keyframe starts from the prompt
+        encoder's factors for its (H, W, 3) ``frame`` (amortized) or from seeded random ones (warm).
+        """
         if self.fit.init in ("random", "uniform"):
             return None
+        if previous is not None:
+            return Factors(previous.frame_index, torch.from_numpy(previous.u), torch.from_numpy(previous.v))
         if self.initializer is None:
-            return (
-                None
-                if previous is None
-                else Factors(previous.frame_index, torch.from_numpy(previous.u), torch.from_numpy(previous.v))
-            )
+            return None
         with torch.no_grad():
             u, v = self.initializer(frames_to_tensor([frame], self.model.device))  # (1, m, R), (1, R, n)
         return Factors(keyframe, u[0, :, :rank].float().cpu(), v[0, :rank].float().cpu())

@@ -12,8 +12,10 @@ permissively licensed clips and stills listed in scripts/DATA.md, by scripts/tra
 
 The fourth network, the amortised :class:`PromptEncoder`, predicts a frame's rank-16 factors in
 one pass; the first r columns of U and rows of V are a rank-r prompt (trained for r = 4..16).
-The encoder may start fitting there. It never reaches the decoder, so it is not part of the
-model's identity; it has a fingerprint of its own (:func:`prompt_encoder_digest`).
+mini.safetensors holds the one trained jointly with the generator (part of its training
+objective); the encoder starts fitting from ``INITIALIZER_FILE``, a second one trained afterwards
+for the frozen generator by scripts/train_initializer.py, with factors at fitting's scale. Neither
+reaches the decoder, so neither is part of the model's identity; each has a fingerprint of its own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = Path(__file__).parent / "weights" / "mini.safetensors"  # float16, with the prompt encoder
 CONFIG_FILE = WEIGHTS_FILE.with_suffix(".json")  # diffusers configs and fingerprints, read by the loader
 PROVENANCE_FILE = WEIGHTS_FILE.with_suffix(".provenance.json")  # how it was trained: data, steps, losses
+# --init amortized's prompt encoder, trained for the frozen generator by scripts/train_initializer.py; its
+# record (INITIALIZER_FILE + ".json") holds its fingerprint, shape, settings, loss curve and mini's identity.
+INITIALIZER_FILE = WEIGHTS_FILE.with_name("mini-initializer.safetensors")
 
 # SD 2.x prompt and latent shapes, the reference's constants. Trained on intervals of 1..12 frames and
 # ranks 4..16 (scripts/train_builtin.py reads both from here); rate control keeps to that range, which
@@ -111,12 +116,24 @@ class PromptEncoder(nn.Module):
 
     images (B, 3, H, W) in [0, 1] --5 stride-2 convs--> (B, 128, H/32, W/32) --pool 4x4-->
     (B, 2048) --MLP--> U (B, 77, R) and mixing weights (B, R, basis) @ basis (basis, 1024) = V.
-    U is scaled so that c = U V / sqrt(r) has entries of order 1 for every prefix rank r.
+
+    ``unit_factors``: every column of U and row of V is scaled to RMS 1, the scale of the seeded
+    N(0, 1) factors that fitting's Adam steps (lr 0.1) are sized for; then c = U V / sqrt(r) has
+    entries of order 1 for every prefix rank r. Without it (the encoder trained with mini) the
+    scale is learned, and came out at RMS 0.19, where those steps are too coarse (README, "Fitting").
     """
 
-    def __init__(self, max_rank: int = 16, width: int = 256, basis: int = 64, tokens: int = 77, prompt_dim: int = 1024):
+    def __init__(
+        self,
+        max_rank: int = 16,
+        width: int = 256,
+        basis: int = 64,
+        tokens: int = 77,
+        prompt_dim: int = 1024,
+        unit_factors: bool = False,
+    ):
         super().__init__()
-        self.max_rank, self.tokens = max_rank, tokens
+        self.max_rank, self.tokens, self.unit_factors = max_rank, tokens, unit_factors
         channels = (3, 32, 64, 128, 128, 128)
         layers = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
@@ -131,14 +148,25 @@ class PromptEncoder(nn.Module):
         """The constructor arguments that rebuild this encoder's shape (written beside a trained one)."""
         basis, prompt_dim = self.basis.shape
         width = self.hidden[0].out_features
-        return dict(max_rank=self.max_rank, width=width, basis=basis, tokens=self.tokens, prompt_dim=prompt_dim)
+        return dict(
+            max_rank=self.max_rank,
+            width=width,
+            basis=basis,
+            tokens=self.tokens,
+            prompt_dim=prompt_dim,
+            unit_factors=self.unit_factors,
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) in [0, 1] -> U (B, 77, R), V (B, R, 1024), float32."""
         h = self.hidden(self.features(images * 2 - 1))  # (B, width)
         u = self.to_u(h).view(-1, self.tokens, self.max_rank)  # (B, 77, R)
         mix = self.to_mix(h).view(-1, self.max_rank, self.basis.shape[0])  # (B, R, basis)
-        return u, mix @ self.basis  # (B, 77, R), (B, R, 1024)
+        v = mix @ self.basis  # (B, R, 1024)
+        if self.unit_factors:
+            u = u * torch.rsqrt(u.square().mean(1, keepdim=True) + 1e-8)  # each column of U: RMS 1
+            v = v * torch.rsqrt(v.square().mean(2, keepdim=True) + 1e-8)  # each row of V: RMS 1
+        return u, v
 
 
 def generator_record(identity: "ModelIdentity") -> dict:
@@ -202,11 +230,9 @@ def load_mini(
     return load_builtin(SPEC, WEIGHTS_FILE, device, dtype, layout)
 
 
-def load_prompt_encoder(device: "str | torch.device" = "cpu") -> tuple[PromptEncoder, bytes]:
-    """The shipped prompt encoder in float32 and its fingerprint (SHA-256 of its float16 tensors)."""
-    from promptus_codec.models.fingerprint import fingerprint_state_dict, read_safetensors, select
-
-    stored = select(read_safetensors(WEIGHTS_FILE), ("",), strip=PROMPT_ENCODER_KEY + ".")
-    encoder = PromptEncoder(**MiniConfig().prompt_encoder_kwargs())
-    encoder.load_state_dict({k: t.float() for k, t in stored.items()})
-    return encoder.to(device).eval().requires_grad_(False), fingerprint_state_dict(stored)
+def load_prompt_encoder(
+    generator: "ModelIdentity", device: "str | torch.device" = "cpu"
+) -> tuple[PromptEncoder, bytes]:
+    """The shipped initializer (``INITIALIZER_FILE``) in float32 and its fingerprint; refused (ModelError)
+    unless its record names ``generator``, the mini weights it will start fitting for."""
+    return load_prompt_encoder_file(INITIALIZER_FILE, generator, device)

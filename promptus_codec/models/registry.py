@@ -14,6 +14,7 @@ from promptus_codec.errors import ModelError
 if TYPE_CHECKING:
     import torch
 
+    from promptus_codec.container.records import ModelIdentity
     from promptus_codec.models.base import GenerationModel
 
 MODEL_NAMES = ("tiny", "mini", "sd-turbo")
@@ -55,12 +56,14 @@ def load_model(
     return load_sd_turbo(device=device, dtype=dtype, **kwargs)
 
 
-def load_initializer(name: str, device: "str | torch.device" = "cpu", file=None, generator=None):
+def load_initializer(
+    name: str, generator: "ModelIdentity", device: "str | torch.device" = "cpu", file=None
+) -> "tuple[torch.nn.Module, bytes]":
     """The amortised prompt encoder for ``--init amortized`` and its fingerprint.
 
-    ``file``: one written by scripts/train_initializer.py (``--initializer``) for the weights whose
-    ModelIdentity is ``generator``; refused for any other. Without it, model ``name``'s own: only
-    ``mini`` ships one, trained with the model (scripts/train_builtin.py).
+    ``file``: one written by scripts/train_initializer.py (``--initializer``). Without it, model
+    ``name``'s own: only ``mini`` ships one. Either is refused unless it was trained for the
+    weights whose ModelIdentity is ``generator``.
     """
     from promptus_codec.models.mini import load_prompt_encoder, load_prompt_encoder_file
 
@@ -71,4 +74,4 @@ def load_initializer(name: str, device: "str | torch.device" = "cpu", file=None,
             f"--init amortized needs a trained prompt encoder: {name!r} ships none; pass --initializer FILE "
             "(scripts/train_initializer.py) or use mini"
         )
-    return load_prompt_encoder(device)
+    return load_prompt_encoder(generator, device)

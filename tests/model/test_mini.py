@@ -17,9 +17,13 @@ pytest.importorskip("diffusers")
 from promptus_codec.models import fingerprint  # noqa: E402
 from promptus_codec.models.mini import (
     CONFIG_FILE,
+    INITIALIZER_FILE,
     PROMPT_ENCODER_KEY,
     PROVENANCE_FILE,
     WEIGHTS_FILE,
+    MiniConfig,
+    PromptEncoder,
+    generator_record,
     load_prompt_encoder,
 )  # noqa: E402
 from promptus_codec.models.registry import load_initializer, load_model  # noqa: E402
@@ -50,8 +54,8 @@ def test_fingerprints_equal_the_recorded_values(fingerprint_cache):
     assert identity.denoiser_sha256.hex() == recorded["denoiser"]
     assert identity.decoder_sha256.hex() == recorded["decoder"]
     assert identity.encoder_sha256.hex() == recorded["encoder"]
-    _, digest = load_initializer("mini")
-    assert digest.hex() == recorded[PROMPT_ENCODER_KEY]
+    _, digest = load_initializer("mini", identity)
+    assert digest.hex() == json.loads(Path(f"{INITIALIZER_FILE}.json").read_text())["fingerprint"]
     tiny = load_model("tiny", device="cpu").identity()
     assert tiny.denoiser_sha256 != identity.denoiser_sha256  # two models, two identities
 
@@ -78,6 +82,45 @@ def test_provenance_agrees_with_the_shipped_files():
     )
 
 
+def test_shipped_initializer_was_trained_for_the_shipped_generator():
+    """mini-initializer.safetensors: float16, its fingerprint and mini's identity in its record, the
+    settings scripts/train_initializer.py ran with, and a loss curve as long as its steps."""
+    spec = importlib.util.spec_from_file_location("train_initializer", ROOT / "scripts" / "train_initializer.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "scripts"))  # it imports train_builtin beside it
+    sys.modules.setdefault("train_initializer", script)
+    spec.loader.exec_module(script)
+    record = json.loads(Path(f"{INITIALIZER_FILE}.json").read_text())
+    tensors = fingerprint.read_safetensors(INITIALIZER_FILE)
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert fingerprint.fingerprint_state_dict(tensors).hex() == record["fingerprint"]
+    assert record["generator"] == generator_record(load_model("mini", device="cpu").identity())
+    assert record["prompt_encoder"] == MiniConfig().prompt_encoder_kwargs() | {"unit_factors": True}
+    config = script.InitializerConfig(**record["config"])
+    assert config.steps == record["steps"] == len(record["loss_curve"]) > 0
+    assert config == script.InitializerConfig(steps=config.steps, threads=config.threads)  # the script's defaults
+
+
+def test_unit_factors_are_at_rms_one_whatever_the_weights():
+    """Every column of U and row of V at RMS 1, where the same weights without it give factors about
+    20x smaller (a fresh encoder's). With raw RMS r the result is r / sqrt(r^2 + 1e-8) (the guard
+    against 0): for r >= 0.01 that is 1 within 5e-5, beside float32's ~1e-6 from a mean of 77 or
+    1024 squares and an rsqrt."""
+    torch.manual_seed(3)
+    images = torch.rand(2, 3, 64, 64)
+    encoder = PromptEncoder(**MiniConfig().prompt_encoder_kwargs(), unit_factors=True)
+    assert encoder.kwargs()["unit_factors"] is True
+    with torch.no_grad():
+        u, v = encoder(images)  # (2, 77, 16), (2, 16, 1024)
+        encoder.unit_factors = False
+        raw_u, raw_v = encoder(images)
+    for raw in (raw_u.square().mean(1).sqrt(), raw_v.square().mean(2).sqrt()):  # (2, 16) each
+        assert 0.01 <= raw.min() and raw.max() < 0.1
+    for unit in (u.square().mean(1).sqrt(), v.square().mean(2).sqrt()):
+        assert torch.allclose(unit, torch.ones_like(unit), atol=5e-5, rtol=0)
+    assert torch.allclose(u * raw_u.square().mean(1, keepdim=True).sqrt(), raw_u, rtol=1e-4)  # only rescaled
+
+
 def test_data_md_lists_every_source_digest():
     text = (ROOT / "scripts" / "DATA.md").read_text()
     for path, digest in json.loads((ROOT / "scripts" / "data_sha256.json").read_text()).items():
@@ -87,8 +130,11 @@ def test_data_md_lists_every_source_digest():
 def test_initializer_is_refused_for_models_without_one():
     from promptus_codec.errors import ModelError
 
+    tiny = load_model("tiny", device="cpu")
     with pytest.raises(ModelError, match="mini"):
-        load_initializer("tiny")
+        load_initializer("tiny", tiny.identity())
+    with pytest.raises(ModelError, match="trained for the generator 'mini'"):  # mini's, for tiny's weights
+        load_prompt_encoder(tiny.identity())
 
 
 def _smooth_frame(size: int = 128) -> torch.Tensor:
@@ -111,7 +157,7 @@ def test_mini_autoencoder_reconstructs_and_its_prompt_path_runs():
     from promptus_codec.prompt import compose, dequantize, quant_params, quantize
 
     model = load_model("mini", device="cpu", dtype="fp32")
-    encoder, _ = load_prompt_encoder()
+    encoder, _ = load_prompt_encoder(model.identity())
     frame = _smooth_frame()
     with torch.no_grad():
         z_prev = model.encode_image(frame)  # (1, 4, 16, 16): a scene latent
