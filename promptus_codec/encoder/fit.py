@@ -55,7 +55,8 @@ class FitTask:
     frame_index: int
     rank: int
     previous: Factors | None = None  # the previous keyframe's *stored* (dequantised) factors; None opens a scene
-    start: Factors | None = None  # where to start (previous keyframe, prompt encoder); None = seeded random
+    start: Factors | None = None  # where to start (previous keyframe, prompt encoder), of any rank
+    # (resized_start); None = seeded random
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,38 @@ def pixel_mse(images: torch.Tensor, targets: torch.Tensor, pixel_range: str) -> 
 
 
 def _initial_factors(task: FitTask, m: int, n: int, config: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + task.frame_index)
     if task.start is not None and task.start.rank == task.rank:
         return torch.as_tensor(task.start.u).clone(), torch.as_tensor(task.start.v).clone()
-    g = torch.Generator().manual_seed(config.seed * 1_000_003 + task.frame_index)
+    if task.start is not None:
+        return resized_start(task.start, task.rank, g)
     if config.init == "uniform":  # the reference: torch.rand, U[0, 1)
         return torch.rand(m, task.rank, generator=g), torch.rand(task.rank, n, generator=g)
     # c = u v / sqrt(r) then has unit-variance entries, the scale of CLIP embeddings.
     return torch.randn(m, task.rank, generator=g), torch.randn(task.rank, n, generator=g)
+
+
+def resized_start(start: Factors, rank: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of another rank whose prompt is the best rank-``rank`` approximation of ``start``'s.
+
+    From the SVD c = P S Q^T of the start's prompt: U = P_r S_r^1/2 r^1/4 and V = S_r^1/2 Q_r^T r^1/4,
+    so that U V / sqrt(r) = P_r S_r Q_r^T, with U and V equally large. Past the start's own rank the
+    singular values are 0, and a zero column of U with a zero row of V gets no gradient: those
+    components start as seeded N(0, 0.1^2) instead. A warm start across a rank change (rate control
+    gives neighbouring keyframes ranks such as 4 and 5) instead of a random one.
+    """
+    prompt = torch.as_tensor(start.prompt()).float()  # (m, n)
+    p, s, qt = torch.linalg.svd(prompt, full_matrices=False)  # (m, k), (k,), (k, n)
+    gain = s[:rank].sqrt() * rank**0.25  # (min(rank, k),)
+    u = torch.zeros(prompt.shape[0], rank)
+    v = torch.zeros(rank, prompt.shape[1])
+    kept = min(rank, start.rank)
+    u[:, :kept] = p[:, :kept] * gain[:kept]
+    v[:kept] = gain[:kept, None] * qt[:kept]
+    if rank > kept:
+        u[:, kept:] = 0.1 * torch.randn(prompt.shape[0], rank - kept, generator=g)
+        v[kept:] = 0.1 * torch.randn(rank - kept, prompt.shape[1], generator=g)
+    return u, v
 
 
 def fit_keyframe(

@@ -84,6 +84,37 @@ def test_fitting_loss_falls(tiny_model):
     assert result.u.dtype == np.int8 and result.u.shape == (77, 4) and result.v.shape == (4, 1024)
 
 
+def test_a_start_of_another_rank_becomes_its_best_approximation_at_the_new_rank():
+    """A warm start across a rank change (rate control gives neighbours ranks such as 4 and 5).
+
+    Down, U V / sqrt(r) is the start's prompt truncated to its r largest singular values; up, it is
+    the start's prompt plus seeded small components. Tolerances: float32 SVDs and products of a
+    77 x 1024 prompt reconstruct it to ~1e-6 of its largest singular value; 1e-5 of it is asserted."""
+    import math
+
+    from promptus_codec.encoder.fit import _initial_factors, resized_start
+    from promptus_codec.prompt import Factors
+
+    g = torch.Generator().manual_seed(0)
+    start = Factors(0, torch.randn(77, 5, generator=g), torch.randn(5, 1024, generator=g))
+    p, s, qt = torch.linalg.svd(start.prompt().double(), full_matrices=False)
+    u, v = resized_start(start, 4, torch.Generator().manual_seed(1))  # (77, 4), (4, 1024)
+    truncated = (p[:, :4] * s[:4]) @ qt[:4]
+    assert torch.allclose((u @ v / 2).double(), truncated, atol=1e-5 * float(s[0]), rtol=0)
+    assert torch.allclose(u.norm(dim=0), v.norm(dim=1), rtol=1e-5)  # U and V equally large
+
+    smaller = Factors(0, start.u[:, :3], start.v[:3])
+    u, v = resized_start(smaller, 5, torch.Generator().manual_seed(1))
+    top = float(torch.linalg.svdvals(smaller.prompt().double())[0])
+    assert torch.allclose((u[:, :3] @ v[:3] / math.sqrt(5)).double(), smaller.prompt().double(), atol=1e-5 * top)
+    assert 0 < u[:, 3:].abs().max() < 1 and 0 < v[3:].abs().max() < 1  # nonzero: zero gets no gradient
+    assert torch.equal(u, resized_start(smaller, 5, torch.Generator().manual_seed(1))[0])  # seeded
+
+    task = FitTask(torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), 14, 4, None, start)
+    u0, _ = _initial_factors(task, 77, 1024, FitConfig())
+    assert torch.equal(u0, resized_start(start, 4, torch.Generator().manual_seed(14))[0])  # fitting starts there
+
+
 def test_l1_weight_pulls_the_fitted_prompt_towards_zero(tiny_model):
     """The mean |c| term: with weight 1 the fitted prompt ends far smaller than without it.
 
