@@ -181,7 +181,7 @@ def import_legacy(folder, output, fps, model_name):
     show_default=True,
     help="Where fitting starts. A scene's first keyframe: the model's prompt encoder (amortized; mini ships one) or "
     "random factors (warm, random); later keyframes: the previous keyframe's factors (amortized, warm) or random. "
-    "auto: amortized where there is a prompt encoder, else warm.",
+    "auto: amortized with --initializer, else warm (mini's prompt encoder is not yet a better start than random).",
 )
 @click.option(
     "--initializer",

@@ -250,13 +250,12 @@ class Encoder:
         self.threads = torch.get_num_threads() if threads is None else threads
         self.perceptual = perceptual_loss(options.perceptual, model.device)  # fails before any output exists
         self.initializer, self.initializer_digest = None, None
-        from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer
+        from promptus_codec.models.registry import load_initializer
 
         if self.fit.init == "auto":
-            # A prompt encoder is a better start for a scene's first keyframe than random factors (mini's,
-            # README "Fitting"), so auto takes one wherever there is one; without, warm.
-            amortized = options.initializer_file is not None or spec.name in INITIALIZER_MODELS
-            self.fit = replace(self.fit, init="amortized" if amortized else "warm")
+            # warm, even where a prompt encoder exists: mini's starts a scene as well as random factors on its
+            # first frame and worse on others (README, "Fitting"); amortized is one flag away, or --initializer
+            self.fit = replace(self.fit, init="amortized" if options.initializer_file else "warm")
         if self.fit.init == "amortized":
             self.initializer, self.initializer_digest = load_initializer(
                 spec.name, model.identity(), model.device, options.initializer_file

@@ -23,7 +23,7 @@ INITS = (
     "uniform",
     "warm",
     "amortized",
-)  # FitConfig.init; auto = amortized where a prompt encoder exists, else warm (README "Fitting")
+)  # FitConfig.init; auto = warm, or amortized with --initializer (README "Fitting")
 PROCEDURES = ("batched", "reference")  # FitConfig.procedure
 FIT_MODES = (
     "crop",
@@ -68,7 +68,7 @@ class FitConfig:
     temporal_beta: float = 0.0  # paper eq. 5: pull c_k toward the previous keyframe's c
     init: str = "auto"  # start: random (seeded normal) | uniform (seeded U[0, 1): the reference) | warm (previous
     # keyframe; a scene's first from random) | amortized (warm, a scene's first from the prompt encoder) | auto
-    # (amortized where the model or --initializer has a prompt encoder, else warm)
+    # (warm; amortized with --initializer: mini's prompt encoder is not yet a better start, README "Fitting")
     max_batch: int = 16  # frames per forward pass; longer intervals are visited in windows
     frame_steps: bool = False  # one Adam step per frame of the interval (each beside the worst frame), an
     # iteration then being one sweep over the interval; False: one step per window (README "Fitting")
