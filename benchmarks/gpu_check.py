@@ -439,19 +439,35 @@ def machine(device: Device) -> dict:
 
 def matmul_peak(run: Run) -> list[dict]:
     """TFLOP/s of an n x n matmul per dtype (default precision flags), the ceiling for % of peak."""
-    n = run.args.matmul_n or (8192 if run.device.cuda else 1024)
     results = []
     for name in run.args.dtype:
 
         def measure(name=name):
             run.check_dtype(name)
             dtype = resolve_dtype(name)
+            n = run.args.matmul_n or (8192 if run.device.cuda else cpu_matmul_size(run, dtype))
             a, b = (torch.randn(n, n, device=run.device.torch).to(dtype) for _ in range(2))
             seconds, calls = run.device.per_call(lambda: a @ b, warmup=3, min_time=run.args.min_time / 2)
             return {"n": n, "calls": calls, "tflops": 2 * n**3 / seconds / 1e12}
 
         results.append(run.row("matmul_peak", "matmul", 5, measure, dtype=name))
     return results
+
+
+def cpu_matmul_size(run: Run, dtype: torch.dtype, longest_call_s: float = 0.05) -> int:
+    """The largest n of 256, 512, 1024 whose n x n matmul takes under ``longest_call_s`` here.
+
+    CPUs differ by 100x in bf16: with AMX a 1024² bf16 matmul takes ~1 ms, without native bf16
+    kernels (an older EPYC) it ran at 0.8 GFLOP/s, 2.5 s a call, and the row overran its share.
+    """
+    n = 256
+    while n < 1024:
+        a = torch.randn(n, n).to(dtype)
+        a @ a  # the first call sets up kernels
+        if run.device.seconds(lambda: a @ a, 1) * 8 > longest_call_s:  # doubling n costs 8x
+            break
+        n *= 2
+    return n
 
 
 def peak_tflops(run: Run, dtype: str) -> float | None:
@@ -1074,7 +1090,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-time", type=float, default=None, help="seconds timed per decode row (default 0.5 on CUDA, 0.3 on CPU)"
     )
     p.add_argument(
-        "--matmul-n", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA, 1024 on CPU)"
+        "--matmul-n", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA; on CPU the largest of 256..1024 whose call takes under 50 ms)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of sd-arch's random weights and the inputs")
     args = p.parse_args(argv)
