@@ -1090,7 +1090,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-time", type=float, default=None, help="seconds timed per decode row (default 0.5 on CUDA, 0.3 on CPU)"
     )
     p.add_argument(
-        "--matmul-n", type=int, default=None, help="matmul size for the peak (default 8192 on CUDA; on CPU the largest of 256..1024 whose call takes under 50 ms)"
+        "--matmul-n",
+        type=int,
+        default=None,
+        help="matmul size for the peak (default 8192 on CUDA; on CPU the largest of 256..1024 under 50 ms a call)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of sd-arch's random weights and the inputs")
     args = p.parse_args(argv)
