@@ -15,8 +15,9 @@ A "UNet pass" is one frame through the generator forward and backward: the refer
 procedure spends K + 2 an iteration on a later keyframe (one Adam step each), fast about 2K
 (a step per frame, each beside the worst frame), slow, paper and draft K + 1 in one batched
 step; all spend 1 on a first keyframe. "+amortized" starts from the model's
-prompt encoder (mini's, or --initializer FILE), "+warm" from the previous keyframe's factors
-(later only). The
+prompt encoder (mini's, --initializer FILE, or --initializer joint), "+warm" from the previous
+keyframe's factors (later only). With --keyframe later "+amortized" is a comparison only:
+promptus encode --init amortized starts a later keyframe warm. The
 perceptual terms need backbone weights this machine does not have, so every preset runs
 with --perceptual none: alpha still weighs the MSE. ``--set l1_weight=0.025`` changes a
 FitConfig field in every preset named (an ablation); the rows' names say so.
@@ -43,6 +44,7 @@ from promptus_codec.encoder.fit import FitTask, PerceptualLoss, fit_keyframe  # 
 from promptus_codec.encoder.options import PRESETS, FitConfig  # noqa: E402
 from promptus_codec.generate import CountingStep, GenerationStep, initial_noise_tensor  # noqa: E402
 from promptus_codec.metrics.quality import luma, psnr  # noqa: E402
+from promptus_codec.models.mini import load_joint_prompt_encoder  # noqa: E402
 from promptus_codec.models.registry import INITIALIZER_MODELS, load_initializer, load_model  # noqa: E402
 from promptus_codec.prompt import Factors, dequantize, interval_prompts  # noqa: E402
 from warm_start import load_frames  # noqa: E402  (the first frames as the encoder crops them; benchmarks/ is on sys.path)
@@ -93,7 +95,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--initializer", default=None, metavar="FILE",
-        help="+amortized starts from this prompt encoder (scripts/train_initializer.py) instead of the model's own",
+        help="+amortized starts from this prompt encoder (scripts/train_initializer.py) instead of the model's "
+        "own; 'joint': the one trained jointly with mini (inside mini.safetensors), no longer used by encode",
     )
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -107,7 +110,9 @@ def main() -> int:
     latent_shape = (model.spec.latent_channels, args.size // 8, args.size // 8)
     noise = initial_noise_tensor(model.spec.generation, latent_shape)
     initializer = None
-    if args.initializer or args.model in INITIALIZER_MODELS:
+    if args.initializer == "joint":
+        initializer = load_joint_prompt_encoder()[0]
+    elif args.initializer or args.model in INITIALIZER_MODELS:
         initializer = load_initializer(args.model, model.identity(), file=args.initializer)[0]
 
     def scene_latent(rule: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ BATCH=${BATCH:-32}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-train() { python3 scripts/train_initializer.py --model mini --device cuda --batch "$BATCH" "$@"; }
+train() { python3 scripts/train_initializer.py --model mini --device cuda --batch "$BATCH" --threads "$(nproc)" "$@"; }
 train --steps 30 -o /tmp/probe.safetensors
 steps=$(python3 -c "import json; s = json.load(open('/tmp/probe.safetensors.json'))['wall_s'] / 30; print(max(100, int($BUDGET_S / s) // 100 * 100))")
 echo "probe: $(python3 -c "import json; print(json.load(open('/tmp/probe.safetensors.json'))['wall_s'])") s for 30 steps -> $steps steps"

@@ -107,6 +107,12 @@ def train(model, encoder: PromptEncoder, cfg: InitializerConfig, sampler, log=pr
     return curve
 
 
+def new_encoder(spec, cfg: InitializerConfig) -> PromptEncoder:
+    """An untrained prompt encoder of mini's shape for a generator with ``spec``'s prompt shape."""
+    shape = dict(tokens=spec.prompt_tokens, prompt_dim=spec.prompt_dim, unit_factors=cfg.unit_factors)
+    return PromptEncoder(**MiniConfig().prompt_encoder_kwargs() | shape)
+
+
 def save(encoder: PromptEncoder, model, cfg: InitializerConfig, curve: list[dict], wall: float, path: Path) -> dict:
     """The encoder as float16 safetensors at ``path`` and its JSON record beside it (``path``.json)."""
     from safetensors.torch import save_file
@@ -150,11 +156,7 @@ def main() -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     for network in (model.unet, model.vae, model.taesd):
         network.requires_grad_(False)
-    spec = model.spec
-    kwargs = MiniConfig().prompt_encoder_kwargs() | dict(
-        tokens=spec.prompt_tokens, prompt_dim=spec.prompt_dim, unit_factors=cfg.unit_factors
-    )
-    encoder = PromptEncoder(**kwargs)
+    encoder = new_encoder(model.spec, cfg)
     stills, clip = load_pool()
     sampling = TrainConfig(seed=cfg.seed, size=cfg.size, batch=cfg.batch)
     started = time.perf_counter()

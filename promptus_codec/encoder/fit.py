@@ -148,16 +148,23 @@ def resized_start(start: Factors, rank: int, g: torch.Generator) -> tuple[torch.
 
     From the SVD c = P S Q^T of the start's prompt: U = P_r S_r^1/2 r^1/4 and V = S_r^1/2 Q_r^T r^1/4,
     so that U V / sqrt(r) = P_r S_r Q_r^T, with U and V equally large. Past the start's own rank the
-    singular values are 0, and a zero column of U with a zero row of V gets no gradient: those
-    components start as seeded N(0, 0.1^2) instead. A warm start across a rank change (rate control
-    gives neighbouring keyframes ranks such as 4 and 5) instead of a random one.
+    singular values are 0 (so are those of a component the start lost, a factor quantised to 0), and
+    a zero column of U with a zero row of V gets no gradient: those components start as seeded
+    N(0, 0.1^2) instead. A warm start across a rank change (rate control gives neighbouring
+    keyframes ranks such as 4 and 5) instead of a random one.
     """
     prompt = torch.as_tensor(start.prompt()).float()  # (m, n)
     p, s, qt = torch.linalg.svd(prompt, full_matrices=False)  # (m, k), (k,), (k, n)
+    # A component's sign is the SVD routine's choice (P and Q flip together); fix it so that the
+    # largest entry of each column of P is positive, and the start does not depend on the routine.
+    sign = p.gather(0, p.abs().argmax(0, keepdim=True)).sign()  # (1, k)
+    sign[sign == 0] = 1
+    p, qt = p * sign, qt * sign.T
     gain = s[:rank].sqrt() * rank**0.25  # (min(rank, k),)
     u = torch.zeros(prompt.shape[0], rank)
     v = torch.zeros(rank, prompt.shape[1])
-    kept = min(rank, start.rank)
+    # the start's components: within its rank and above float32 rounding (~1e-6 of the largest)
+    kept = int((s[: min(rank, start.rank)] > 1e-4 * s[0]).sum())
     u[:, :kept] = p[:, :kept] * gain[:kept]
     v[:kept] = gain[:kept, None] * qt[:kept]
     if rank > kept:

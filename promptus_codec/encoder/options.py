@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
+from promptus_codec import __version__
 from promptus_codec.container.records import LatentFormat
 from promptus_codec.encoder.scenes import DEFAULT_DETECTOR
 from promptus_codec.errors import UsageError
@@ -150,6 +151,6 @@ class EncodeOptions:
             fit_overrides=dict(self.fit_overrides),
             fit=self.fit_config().to_json(),
             model=model_name,
-            encoder="promptus-codec",
+            encoder=f"promptus-codec {__version__}",  # another version may fit other bytes: --resume refuses it
         )
         return d

@@ -236,3 +236,15 @@ def load_prompt_encoder(
     """The shipped initializer (``INITIALIZER_FILE``) in float32 and its fingerprint; refused (ModelError)
     unless its record names ``generator``, the mini weights it will start fitting for."""
     return load_prompt_encoder_file(INITIALIZER_FILE, generator, device)
+
+
+def load_joint_prompt_encoder(device: "str | torch.device" = "cpu") -> tuple[PromptEncoder, bytes]:
+    """The prompt encoder trained jointly with mini (``PROMPT_ENCODER_KEY`` in ``WEIGHTS_FILE``) and its
+    fingerprint. Encoding no longer starts from it (a worse start than random factors, README
+    "Fitting"); benchmarks/fitting.py ``--initializer joint`` keeps its figures reproducible."""
+    from promptus_codec.models.fingerprint import fingerprint_state_dict, read_safetensors, select
+
+    stored = select(read_safetensors(WEIGHTS_FILE), strip=PROMPT_ENCODER_KEY + ".")
+    encoder = PromptEncoder(**MiniConfig().prompt_encoder_kwargs())
+    encoder.load_state_dict({k: t.float() for k, t in stored.items()})
+    return encoder.to(device).eval().requires_grad_(False), fingerprint_state_dict(stored)

@@ -17,6 +17,7 @@ av = pytest.importorskip("av")
 
 from click.testing import CliRunner
 
+from promptus_codec import __version__
 from promptus_codec.cli import main
 from promptus_codec.container.reader import read_prx
 from promptus_codec.container.records import (
@@ -109,10 +110,22 @@ def test_a_start_of_another_rank_becomes_its_best_approximation_at_the_new_rank(
     assert torch.allclose((u[:, :3] @ v[:3] / math.sqrt(5)).double(), smaller.prompt().double(), atol=1e-5 * top)
     assert 0 < u[:, 3:].abs().max() < 1 and 0 < v[3:].abs().max() < 1  # nonzero: zero gets no gradient
     assert torch.equal(u, resized_start(smaller, 5, torch.Generator().manual_seed(1))[0])  # seeded
+    kept = u[:, :3].gather(0, u[:, :3].abs().argmax(0, keepdim=True))
+    assert (kept > 0).all()  # each component's sign fixed: its largest entry in U positive
 
-    task = FitTask(torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), 14, 4, None, start)
-    u0, _ = _initial_factors(task, 77, 1024, FitConfig())
-    assert torch.equal(u0, resized_start(start, 4, torch.Generator().manual_seed(14))[0])  # fitting starts there
+    # a component the start lost (a factor quantised to 0) is seeded like one past its rank
+    lost = Factors(0, torch.cat([start.u[:, :4], torch.zeros(77, 1)], 1), start.v)
+    u, v = resized_start(lost, 6, torch.Generator().manual_seed(1))
+    assert torch.allclose((u[:, :4] @ v[:4] / math.sqrt(6)).double(), lost.prompt().double(), atol=1e-5 * top)
+    assert u[:, 4:].norm(dim=0).min() > 0.5 and v[4:].norm(dim=1).min() > 1  # 0.1 N(0, 1): ~0.9 and ~3.2
+
+    for frame_index in (14, 15):  # fitting starts there, seeded by the keyframe: rank 3 up to 5
+        task = FitTask(
+            torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), frame_index, 5, None, smaller
+        )
+        u0, _ = _initial_factors(task, 77, 1024, FitConfig())
+        assert torch.equal(u0, resized_start(smaller, 5, torch.Generator().manual_seed(frame_index))[0])
+    assert not torch.equal(u0, resized_start(smaller, 5, torch.Generator().manual_seed(14))[0])
 
 
 def test_l1_weight_pulls_the_fitted_prompt_towards_zero(tiny_model):
@@ -301,6 +314,15 @@ def test_resume_refuses_a_plan_from_another_input_or_settings(clip, reference_en
     assert result.exit_code == 1 and "another input" in result.output, result.output
     result = encode(*resume_args(clip, out), "--resume", "--threads", "2")
     assert result.exit_code == 1 and "threads: 1 -> 2" in result.output, result.output
+    plan_file = work_dir(out) / "plan.json"  # a plan an older encoder made: it may have fitted other bytes
+    planned = plan_file.read_text()
+    plan = json.loads(planned)
+    plan["settings"]["encoder"] = "promptus-codec 0.1.0"
+    plan_file.write_text(json.dumps(plan))
+    result = encode(*resume_args(clip, out), "--resume")
+    changed = f"encoder: 'promptus-codec 0.1.0' -> 'promptus-codec {__version__}'"
+    assert result.exit_code == 1 and changed in result.output, result.output
+    plan_file.write_text(planned)
     result = encode(*resume_args(clip, tmp_path / "none.prx"), "--resume")
     assert result.exit_code == 1 and "nothing to resume" in result.output
     result = encode(*resume_args(clip, out), "--resume")  # the plan is still good after all that

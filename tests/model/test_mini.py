@@ -24,6 +24,7 @@ from promptus_codec.models.mini import (
     MiniConfig,
     PromptEncoder,
     generator_record,
+    load_joint_prompt_encoder,
     load_prompt_encoder,
 )  # noqa: E402
 from promptus_codec.models.registry import load_initializer, load_model  # noqa: E402
@@ -56,6 +57,8 @@ def test_fingerprints_equal_the_recorded_values(fingerprint_cache):
     assert identity.encoder_sha256.hex() == recorded["encoder"]
     _, digest = load_initializer("mini", identity)
     assert digest.hex() == json.loads(Path(f"{INITIALIZER_FILE}.json").read_text())["fingerprint"]
+    joint, digest = load_joint_prompt_encoder()  # benchmarks only, but its figures are in the README
+    assert digest.hex() == recorded[PROMPT_ENCODER_KEY] and joint.unit_factors is False
     tiny = load_model("tiny", device="cpu").identity()
     assert tiny.denoiser_sha256 != identity.denoiser_sha256  # two models, two identities
 

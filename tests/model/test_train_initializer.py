@@ -16,10 +16,10 @@ pytest.importorskip("diffusers")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_initializer import InitializerConfig, save, train  # noqa: E402
+from train_initializer import InitializerConfig, new_encoder, save, train  # noqa: E402
 
 from promptus_codec.models.fingerprint import fingerprint_state_dict  # noqa: E402
-from promptus_codec.models.mini import MiniConfig, PromptEncoder  # noqa: E402
+from promptus_codec.models.mini import PromptEncoder  # noqa: E402
 
 
 def fixed_sampler(size: int, batch: int = 2):
@@ -33,8 +33,7 @@ def fixed_sampler(size: int, batch: int = 2):
 
 def encoder_for(spec) -> PromptEncoder:
     torch.manual_seed(0)
-    shape = dict(tokens=spec.prompt_tokens, prompt_dim=spec.prompt_dim)
-    return PromptEncoder(**MiniConfig().prompt_encoder_kwargs() | shape)
+    return new_encoder(spec, InitializerConfig())
 
 
 def test_trains_on_mini_and_writes_a_loadable_fingerprinted_encoder(tmp_path):
