@@ -58,7 +58,7 @@ def stored(result, index: int) -> Factors:
 
 
 def field_override(text: str) -> tuple[str, object]:
-    """"l1_weight=0.025" -> ("l1_weight", 0.025), typed as FitConfig's default for that field."""
+    """ "l1_weight=0.025" -> ("l1_weight", 0.025), typed as FitConfig's default for that field."""
     field, _, value = text.partition("=")
     defaults = FitConfig().to_json()
     if field not in defaults or not value:
@@ -90,11 +90,18 @@ def main() -> int:
         "--patience", type=int, default=None, help="override our presets' early_stop_patience (0: run every iteration)"
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], type=field_override, metavar="FIELD=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=field_override,
+        metavar="FIELD=VALUE",
         help="change a FitConfig field in every preset, e.g. l1_weight=0 (repeatable)",
     )
     parser.add_argument(
-        "--initializer", default=None, metavar="FILE",
+        "--initializer",
+        default=None,
+        metavar="FILE",
         help="+amortized starts from this prompt encoder (scripts/train_initializer.py) instead of the model's "
         "own; 'joint': the one trained jointly with mini (inside mini.safetensors), no longer used by encode",
     )
@@ -171,8 +178,13 @@ def main() -> int:
             scores = [psnr(luma(a), luma(b)) for a, b in zip(targets, decoded)]
             label = " ".join([name] + [f"{k}={v}" for k, v in args.overrides])
             row = dict(
-                preset=label, budget=budget, iterations=result.iterations, unet_passes=passes, wall_s=round(wall, 2),
-                loss=result.best_loss, keyframe_psnr_y=round(scores[-1], 3),
+                preset=label,
+                budget=budget,
+                iterations=result.iterations,
+                unet_passes=passes,
+                wall_s=round(wall, 2),
+                loss=result.best_loss,
+                keyframe_psnr_y=round(scores[-1], 3),
                 mean_psnr_y=round(float(np.mean(scores)), 3),
             )
             rows.append(row)
@@ -182,8 +194,15 @@ def main() -> int:
                 flush=True,
             )
     meta = dict(
-        model=args.model, clip=Path(args.clip).name, size=args.size, rank=args.rank, interval=args.interval,
-        keyframe=args.keyframe, threads=torch.get_num_threads(), torch=torch.__version__, perceptual="none",
+        model=args.model,
+        clip=Path(args.clip).name,
+        size=args.size,
+        rank=args.rank,
+        interval=args.interval,
+        keyframe=args.keyframe,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        perceptual="none",
     )
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
@@ -207,8 +226,13 @@ def plot(rows: list[dict], meta: dict, path: str) -> None:
     if reference:
         target = max(reference, key=lambda r: r["budget"])
         for ax in axes:
-            ax.axhline(target["keyframe_psnr_y"], color="grey", linestyle="--", linewidth=1,
-                       label=f"reference at {target['budget']} iterations")
+            ax.axhline(
+                target["keyframe_psnr_y"],
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"reference at {target['budget']} iterations",
+            )
     for ax, label in zip(axes, ("UNet passes (frames forward + backward)", "wall time (s, CPU)")):
         ax.set_xscale("log")
         ax.set_xlabel(label)

@@ -165,7 +165,9 @@ def import_legacy(folder, output, fps, model_name):
     help="Override the preset: weight of the mean |c| term that pulls prompts towards 0 (0 = off).",
 )
 @click.option(
-    "--target-psnr", type=float, default=None,
+    "--target-psnr",
+    type=float,
+    default=None,
     help="Stop fitting a keyframe once every frame of its interval reaches this PSNR (dB, RGB, before 8-bit "
     "rounding), instead of running the preset's whole budget.",
 )

@@ -96,10 +96,7 @@ def main() -> None:
     write_strip(source, OUT / "decoded.y4m", stream, OUT / "strip.png")
     same = filecmp.cmp(recon, OUT / "decoded.y4m", shallow=False)
     print(f"decoder output {'equals' if same else 'DIFFERS FROM'} the encoder's own reconstruction, bit for bit")
-    print(
-        f"outputs in {OUT.relative_to(ROOT)}/ "
-        "(strip.png: source and decoded frames, pair by pair)"
-    )
+    print(f"outputs in {OUT.relative_to(ROOT)}/ (strip.png: source and decoded frames, pair by pair)")
     sys.exit(0 if same else 1)
 
 

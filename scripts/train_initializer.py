@@ -122,7 +122,11 @@ def save(encoder: PromptEncoder, model, cfg: InitializerConfig, curve: list[dict
         fingerprint=fingerprint_state_dict(state).hex(),
         generator=generator_record(model.identity()),  # load_prompt_encoder_file refuses other generators
         prompt_encoder=encoder.kwargs(),  # the shape, to rebuild it
-        config=asdict(cfg), steps=len(curve), wall_s=round(wall, 1), torch=torch.__version__, loss_curve=curve,
+        config=asdict(cfg),
+        steps=len(curve),
+        wall_s=round(wall, 1),
+        torch=torch.__version__,
+        loss_curve=curve,
     )
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})

@@ -258,12 +258,18 @@ def test_target_psnr_stops_at_the_first_best_iterate_that_reaches_it(tiny_model)
     task = task_for(tiny_model, 3, previous=True)
     base = replace(PRESETS["fast"], iterations=40, early_stop_patience=0, init="random")
     trace = []
-    fit_keyframe(GenerationStep(tiny_model), task, base, PerceptualLoss(None),
-                 on_step=lambda step, loss, best: trace.append(best))
+    fit_keyframe(
+        GenerationStep(tiny_model),
+        task,
+        base,
+        PerceptualLoss(None),
+        on_step=lambda step, loss, best: trace.append(best),
+    )
     full = fit_keyframe(GenerationStep(tiny_model), task, base, PerceptualLoss(None))
     reachable = -10 * math.log10(max(full.frame_losses) / base.alpha)  # the worst frame's PSNR at the final best
-    stopped = fit_keyframe(GenerationStep(tiny_model), task, replace(base, target_psnr=reachable - 3),
-                           PerceptualLoss(None))
+    stopped = fit_keyframe(
+        GenerationStep(tiny_model), task, replace(base, target_psnr=reachable - 3), PerceptualLoss(None)
+    )
     assert stopped.iterations < full.iterations
     # the stop test used float32 log10 of the same MSEs; 1e-4 dB covers that rounding (~1e-6 dB at these values)
     assert -10 * math.log10(max(stopped.frame_losses) / base.alpha) >= reachable - 3 - 1e-4
@@ -312,8 +318,25 @@ def test_target_psnr_from_the_command_line_is_recorded_and_used(tmp_path):
 
     clip = tmp_path / "clip.y4m"
     write_clip(clip, frames=8)
-    args = ["--model", "tiny", "--preset", "draft", "--perceptual", "none", "--rank", "4", "--interval", "4",
-            "--size", "64x64", "-q", "--iterations", "30", "--first-iterations", "30"]
+    args = [
+        "--model",
+        "tiny",
+        "--preset",
+        "draft",
+        "--perceptual",
+        "none",
+        "--rank",
+        "4",
+        "--interval",
+        "4",
+        "--size",
+        "64x64",
+        "-q",
+        "--iterations",
+        "30",
+        "--first-iterations",
+        "30",
+    ]
     runner = CliRunner()
     result = runner.invoke(main, ["encode", str(clip), "-o", str(tmp_path / "t.prx"), "--target-psnr", "1", *args])
     assert result.exit_code == 0, result.output

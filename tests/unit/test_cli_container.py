@@ -133,7 +133,10 @@ def test_runs_without_torch_in_subprocess(stream, command):
     """
     script = pathlib.Path(__file__).parents[1] / "torch_free.py"
     done = subprocess.run(
-        [sys.executable, str(script), command, str(stream)], capture_output=True, text=True, timeout=60,
+        [sys.executable, str(script), command, str(stream)],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "TORCH_FREE_STRICT": "1"},
     )
     assert done.returncode == 0, done.stderr

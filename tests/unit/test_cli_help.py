@@ -48,8 +48,7 @@ def test_encode_help_shows_defaults_from_the_options_dataclass():
 
     text = " ".join(CliRunner().invoke(main, ["encode", "--help"]).output.split())
     assert (
-        "--min-rank INTEGER Rate control keeps at least this rank while shortening K. Default: the model's own"
-        in text
+        "--min-rank INTEGER Rate control keeps at least this rank while shortening K. Default: the model's own" in text
     )
     assert f"[default: {EncodeOptions.preset}]" in text
     assert f"(default {FitConfig.alpha})" in text
@@ -70,4 +69,3 @@ def test_bad_values_get_one_usage_line():
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
-
