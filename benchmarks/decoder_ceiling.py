@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 from promptus_codec.encoder.encode import frames_to_tensor  # noqa: E402
 from promptus_codec.metrics.quality import luma, psnr  # noqa: E402
 from promptus_codec.models.registry import load_model  # noqa: E402
+from fitting import to_uint8  # noqa: E402
 from warm_start import load_frames  # noqa: E402  (the frames as the encoder crops them)
 
 
 def psnr_y(images: torch.Tensor, sources: np.ndarray) -> list[float]:
     """PSNR-Y of (B, 3, H, W) images in [0, 1], rounded to 8 bits as a decoder writes them."""
-    decoded = np.rint(images.detach().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-    return [psnr(luma(a), luma(b)) for a, b in zip(decoded, sources)]
+    return [psnr(luma(a), luma(b)) for a, b in zip(to_uint8(images.detach()), sources)]
 
 
 def main() -> int:

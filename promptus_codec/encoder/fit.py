@@ -160,13 +160,13 @@ def resized_start(start: Factors, rank: int, g: torch.Generator) -> tuple[torch.
     sign = p.gather(0, p.abs().argmax(0, keepdim=True)).sign()  # (1, k)
     sign[sign == 0] = 1
     p, qt = p * sign, qt * sign.T
-    gain = s[:rank].sqrt() * rank**0.25  # (min(rank, k),)
-    u = torch.zeros(prompt.shape[0], rank)
-    v = torch.zeros(rank, prompt.shape[1])
     # the start's components: within its rank and above float32 rounding (~1e-6 of the largest)
     kept = int((s[: min(rank, start.rank)] > 1e-4 * s[0]).sum())
-    u[:, :kept] = p[:, :kept] * gain[:kept]
-    v[:kept] = gain[:kept, None] * qt[:kept]
+    gain = s[:kept].sqrt() * rank**0.25  # (kept,)
+    u = torch.zeros(prompt.shape[0], rank)
+    v = torch.zeros(rank, prompt.shape[1])
+    u[:, :kept] = p[:, :kept] * gain
+    v[:kept] = gain[:, None] * qt[:kept]
     if rank > kept:
         u[:, kept:] = 0.1 * torch.randn(prompt.shape[0], rank - kept, generator=g)
         v[kept:] = 0.1 * torch.randn(rank - kept, prompt.shape[1], generator=g)

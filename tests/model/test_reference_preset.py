@@ -202,6 +202,12 @@ def test_scene_latent_is_a_seeded_posterior_sample(tiny_model):
     assert not torch.equal(one, mean)
 
 
+def tiny_encode_args(preset: str, *extra: str) -> list[str]:
+    """`promptus encode` options for a quick tiny-model encode: 64 x 64, rank 4, K 4, MSE only."""
+    common = ["--model", "tiny", "--perceptual", "none", "--rank", "4", "--interval", "4", "--size", "64x64", "-q"]
+    return [*common, "--preset", preset, *extra]
+
+
 def test_reference_encode_is_deterministic_and_decodes_to_its_reconstruction(tmp_path):
     from click.testing import CliRunner
 
@@ -213,27 +219,7 @@ def test_reference_encode_is_deterministic_and_decodes_to_its_reconstruction(tmp
 
     clip = tmp_path / "clip.y4m"
     write_clip(clip, frames=12)
-    args = [
-        "--model",
-        "tiny",
-        "--preset",
-        "reference",
-        "--perceptual",
-        "none",
-        "--iterations",
-        "2",
-        "--first-iterations",
-        "3",
-        "--rank",
-        "4",
-        "--interval",
-        "4",
-        "--size",
-        "64x64",
-        "--latent-format",
-        "float32",
-        "-q",
-    ]
+    args = tiny_encode_args("reference", "--iterations", "2", "--first-iterations", "3", "--latent-format", "float32")
     runner = CliRunner()
     outputs = []
     for name in ("a", "b"):
@@ -318,25 +304,7 @@ def test_target_psnr_from_the_command_line_is_recorded_and_used(tmp_path):
 
     clip = tmp_path / "clip.y4m"
     write_clip(clip, frames=8)
-    args = [
-        "--model",
-        "tiny",
-        "--preset",
-        "draft",
-        "--perceptual",
-        "none",
-        "--rank",
-        "4",
-        "--interval",
-        "4",
-        "--size",
-        "64x64",
-        "-q",
-        "--iterations",
-        "30",
-        "--first-iterations",
-        "30",
-    ]
+    args = tiny_encode_args("draft", "--iterations", "30", "--first-iterations", "30")
     runner = CliRunner()
     result = runner.invoke(main, ["encode", str(clip), "-o", str(tmp_path / "t.prx"), "--target-psnr", "1", *args])
     assert result.exit_code == 0, result.output
